@@ -1,0 +1,28 @@
+"""Shared test helpers: actor configs for the loss tests (no GPU, no hub)."""
+
+import pytest
+from verl.workers.config import PolicyLossConfig
+
+import verl_erc.plugin  # noqa: F401  (registers gppo etc. even if the entry point is disabled)
+from verl_erc.config import ErcConfig, ErcFSDPActorConfig
+
+
+def make_actor_config(loss_mode: str = "vanilla", erc: bool = True, **overrides) -> ErcFSDPActorConfig:
+    """An actor config as the workers get it, for calling losses directly."""
+    policy_loss = PolicyLossConfig(loss_mode=loss_mode, dro_beta=0.1 if loss_mode == "dro" else None)
+    kwargs = dict(
+        strategy="fsdp2",
+        rollout_n=1,
+        ppo_micro_batch_size_per_gpu=1,
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        policy_loss=policy_loss,
+        erc=ErcConfig(enable=erc, beta_low=0.05, beta_high=0.05),
+    )
+    kwargs.update(overrides)
+    return ErcFSDPActorConfig(**kwargs)
+
+
+@pytest.fixture
+def actor_config():
+    return make_actor_config

@@ -1,0 +1,119 @@
+"""ERC's knobs as typed verl dataclass configs, validated when Hydra's config is converted.
+
+The actor config node ``actor_rollout_ref.actor`` is instantiated through its ``_target_``;
+``hydra_conf/erc_trainer.yaml`` points it at :class:`ErcFSDPActorConfig`, which is verl's
+``FSDPActorConfig`` plus one field, ``erc`` (:class:`ErcConfig`). Every ERC key is therefore a
+first-class config key with a default (no ``+`` needed), e.g.::
+
+    actor_rollout_ref.actor.erc.enable=true
+    actor_rollout_ref.actor.erc.beta_low=0.05 actor_rollout_ref.actor.erc.beta_high=0.05
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from verl.base_config import BaseConfig
+from verl.workers.config import FSDPActorConfig
+
+ERC_KEY = "actor_rollout_ref.actor.erc"
+
+
+class ErcConfigError(ValueError):
+    """A bad ERC setting; the message names the config key and the fix."""
+
+
+@dataclass
+class ErcAnalysisConfig(BaseConfig):
+    """Token-level sampling of what ERC does, for the paper's Figures 1a, 3 and 4 (off by default).
+
+    Args:
+        enable: sample tokens from the loss computation and append them to ``path``.
+        every_n_updates: sample on one actor mini-batch update out of this many.
+        max_tokens: at most this many response tokens per sampled update (per rank).
+        max_records: stop writing once the file holds this many tokens (per rank): bounded size.
+        path: output file (JSONL); ``{rank}`` is replaced by the data-parallel rank.
+    """
+
+    enable: bool = False
+    every_n_updates: int = 10
+    max_tokens: int = 256
+    max_records: int = 200_000
+    path: Optional[str] = None
+
+    def __post_init__(self):
+        if not self.enable:
+            return
+        if self.every_n_updates < 1:
+            raise ErcConfigError(f"{ERC_KEY}.analysis.every_n_updates must be >= 1, got {self.every_n_updates}")
+        if self.max_tokens < 1 or self.max_records < 1:
+            raise ErcConfigError(f"{ERC_KEY}.analysis.max_tokens and max_records must be >= 1")
+        if not self.path:
+            raise ErcConfigError(f"{ERC_KEY}.analysis.enable=true needs {ERC_KEY}.analysis.path (a JSONL file)")
+
+
+@dataclass
+class ErcConfig(BaseConfig):
+    """Entropy Ratio Clipping (arXiv 2512.05591, eq. 8-9).
+
+    Token t keeps its policy-gradient term only when
+    ``1 - beta_low < rho_t < 1 + beta_high`` with ``rho_t = H(pi_theta, t) / H(pi_old, t)``.
+
+    Args:
+        enable: turn ERC on. It composes with any registered ``policy_loss.loss_mode``.
+        beta_low: lower band width, ``0 <= beta_low < 1`` (paper: 0.05).
+        beta_high: upper band width, ``beta_high >= 0`` (paper: 0.05).
+        entropy_eps: the ratio is computed as ``(H_new + eps) / (H_old + eps)``: finite
+            everywhere, equal to 1 when both entropies are ~0 (a token that stays deterministic
+            keeps its gradient), large when a ~0-entropy token gains entropy (clipped above).
+            At typical entropies (>= 1e-3 nats) the shift from the paper's plain ratio is
+            below ``eps / H_old``.
+        entropy_chunk_size: rows of logits per chunk when computing the current entropy
+            without an autograd graph (memory: one ``[chunk x vocab]`` block).
+        analysis: token-level analysis output (see :class:`ErcAnalysisConfig`).
+    """
+
+    enable: bool = False
+    beta_low: float = 0.05
+    beta_high: float = 0.05
+    entropy_eps: float = 1e-6
+    entropy_chunk_size: int = 256
+    analysis: ErcAnalysisConfig = field(default_factory=ErcAnalysisConfig)
+
+    def __post_init__(self):
+        if not isinstance(self.enable, bool):
+            raise ErcConfigError(f"{ERC_KEY}.enable must be true or false, got {self.enable!r}")
+        if not 0.0 <= self.beta_low < 1.0:
+            raise ErcConfigError(
+                f"{ERC_KEY}.beta_low must satisfy 0 <= beta_low < 1 (the band's lower edge 1 - beta_low "
+                f"must stay positive), got {self.beta_low}"
+            )
+        if not self.beta_high >= 0.0:
+            raise ErcConfigError(f"{ERC_KEY}.beta_high must be >= 0, got {self.beta_high}")
+        if not self.entropy_eps > 0.0:
+            raise ErcConfigError(f"{ERC_KEY}.entropy_eps must be > 0, got {self.entropy_eps}")
+        if self.entropy_chunk_size < 1:
+            raise ErcConfigError(f"{ERC_KEY}.entropy_chunk_size must be >= 1, got {self.entropy_chunk_size}")
+
+
+@dataclass
+class ErcFSDPActorConfig(FSDPActorConfig):
+    """verl's FSDP actor config with an ``erc`` field (:class:`ErcConfig`)."""
+
+    erc: ErcConfig = field(default_factory=ErcConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.erc.enable:
+            return
+        if self.use_fused_kernels:
+            raise ErcConfigError(
+                f"{ERC_KEY}.enable=true needs the logits to compute the current entropy, but "
+                "actor_rollout_ref.actor.use_fused_kernels=true never materialises them: set it to false"
+            )
+        if self.strategy not in ("fsdp", "fsdp2"):
+            raise ErcConfigError(
+                f"{ERC_KEY}.enable=true is implemented for the FSDP actor (strategy fsdp/fsdp2), "
+                f"got strategy={self.strategy!r}"
+            )

@@ -1,0 +1,237 @@
+"""ERC and GPPO losses.
+
+- The math, as pure functions a reader can check against the paper (arXiv 2512.05591):
+  :func:`entropy_ratio` (eq. 8), :func:`erc_keep_mask` (the indicator of eq. 9),
+  :func:`gate_gradient` (how eq. 9's indicator is applied), :func:`gppo_ratio` (eq. 7).
+- ``gppo``: gradient-preserving clipping (eq. 7), registered in verl's policy-loss registry.
+- :func:`erc_ppo_loss`: verl's actor loss ``ppo_loss`` with ERC applied to the policy-gradient
+  term of whatever ``policy_loss.loss_mode`` is configured (vanilla/DAPO, gppo, gspo, cispo, ...).
+
+How eq. 9 is applied: a token outside the band has its log-prob replaced by a detached copy
+before the policy loss sees it. Its forward value, and the loss normaliser (sum of |y_i| for
+token-mean), are unchanged; its policy-gradient contribution is exactly zero; every kept token
+gets exactly the base loss's gradient (the partial derivatives of the base loss at the same point).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from verl.trainer.ppo.core_algos import agg_loss, kl_penalty, register_policy_loss
+from verl.utils import torch_functional as verl_F
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import no_padding_2_padding
+
+from verl_erc.config import ERC_KEY
+
+#: model_output key under which the entropy hook (verl_erc.engine) puts the current entropy.
+CURRENT_ENTROPY_KEY = "erc_entropy"
+#: update-batch field holding the old-policy entropy (written by verl's old-log-prob pass).
+OLD_ENTROPY_KEY = "entropy"
+
+
+class ErcInputError(RuntimeError):
+    """ERC is enabled but an input it needs is missing: never train without the constraint."""
+
+
+# --------------------------------------------------------------------------------------------
+# The math
+# --------------------------------------------------------------------------------------------
+
+
+def entropy_ratio(new_entropy: torch.Tensor, old_entropy: torch.Tensor, eps: float) -> torch.Tensor:
+    """rho_t = H(pi_theta, t) / H(pi_old, t)  (eq. 8), smoothed by ``eps`` so it is always finite."""
+    return (new_entropy + eps) / (old_entropy + eps)
+
+
+def erc_keep_mask(ratio: torch.Tensor, beta_low: float, beta_high: float) -> torch.Tensor:
+    """I_t = 1 if 1 - beta_low < rho_t < 1 + beta_high else 0  (eq. 9), as a bool tensor."""
+    return (ratio > 1.0 - beta_low) & (ratio < 1.0 + beta_high)
+
+
+def gate_gradient(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``x`` with its gradient stopped where ``keep`` is False; values are unchanged."""
+    return torch.where(keep, x, x.detach())
+
+
+def gppo_ratio(ratio: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
+    """clip(r, (1-eps_l)/sg(r) * r, (1+eps_h)/sg(r) * r)  (eq. 7).
+
+    Value: clip(r, 1-eps_l, 1+eps_h), exactly. Gradient: d r inside the range, and
+    (1-eps_l or 1+eps_h) * d log pi outside it (instead of zero as in PPO-clip).
+    """
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return clipped.detach() + (ratio - ratio.detach()) * (clipped / ratio).detach()
+
+
+# --------------------------------------------------------------------------------------------
+# GPPO as a verl policy loss
+# --------------------------------------------------------------------------------------------
+
+
+@register_policy_loss("gppo")
+def compute_policy_loss_gppo(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: Optional[Any] = None,
+    rollout_is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """GPPO (Klear-Reasoner, eq. 7): PPO-clip's value, with gradients kept outside the clip range.
+
+    ``clip_ratio_low/high`` set the range; dual-clip (``clip_ratio_c``) and ``rollout_is_weights``
+    act as in verl's ``vanilla`` loss. Metrics have the same names as ``vanilla``'s.
+    """
+    assert config is not None
+    clip_low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
+    clip_high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
+    clip_ratio_c = config.get("clip_ratio_c", 3.0)
+    if not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c (dual-clip lower bound) must be > 1.0, got {clip_ratio_c}")
+
+    negative_approx_kl = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
+    ratio = torch.exp(negative_approx_kl)
+
+    pg_losses1 = -advantages * ratio
+    pg_losses2 = -advantages * gppo_ratio(ratio, clip_low, clip_high)
+    is_clipped = pg_losses2 > pg_losses1
+    clip_pg_losses1 = torch.where(is_clipped, pg_losses2, pg_losses1)  # = max(pg_losses1, pg_losses2)
+
+    pg_losses3 = -advantages * clip_ratio_c  # dual-clip, as in verl's vanilla loss
+    clip_pg_losses2 = torch.min(pg_losses3, clip_pg_losses1)
+    pg_losses = torch.where(advantages < 0, clip_pg_losses2, clip_pg_losses1)
+    if rollout_is_weights is not None:
+        pg_losses = pg_losses * rollout_is_weights
+
+    pg_loss = agg_loss(
+        loss_mat=pg_losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+    )
+    metrics = {
+        "actor/pg_clipfrac": verl_F.masked_mean(is_clipped.float(), response_mask).item(),
+        "actor/ppo_kl": verl_F.masked_mean(-negative_approx_kl, response_mask).detach().item(),
+        "actor/pg_clipfrac_lower": verl_F.masked_mean(
+            torch.gt(clip_pg_losses1, pg_losses3) * (advantages < 0).float(), response_mask
+        ).item(),
+    }
+    return pg_loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# ERC around verl's actor loss
+# --------------------------------------------------------------------------------------------
+
+
+def erc_metrics(ratio: torch.Tensor, keep: torch.Tensor, response_mask: torch.Tensor, beta_low, beta_high):
+    """Clip fractions (total, above, below the band) and the ratio's mean/min/max over response tokens."""
+    mask = response_mask.bool()
+    valid = ratio[mask]
+    if valid.numel() == 0:
+        raise ErcInputError("ERC got a micro-batch with no response tokens")
+    frac = lambda t: verl_F.masked_mean(t.float(), mask).item()  # noqa: E731
+    return {
+        "actor/erc_clipfrac": Metric(AggregationType.MEAN, frac(~keep)),
+        "actor/erc_clipfrac_high": Metric(AggregationType.MEAN, frac(ratio >= 1.0 + beta_high)),
+        "actor/erc_clipfrac_low": Metric(AggregationType.MEAN, frac(ratio <= 1.0 - beta_low)),
+        "actor/erc_ratio_mean": Metric(AggregationType.MEAN, valid.mean().item()),
+        "actor/erc_ratio_min": Metric(AggregationType.MIN, valid.min().item()),
+        "actor/erc_ratio_max": Metric(AggregationType.MAX, valid.max().item()),
+    }
+
+
+def _missing(what: str, fix: str) -> ErcInputError:
+    return ErcInputError(f"{ERC_KEY}.enable=true but {what}. ERC refuses to train without its constraint: {fix}")
+
+
+def _scatter_to_no_padding(keep: torch.Tensor, response_mask: torch.Tensor, data, total_nnz: int) -> torch.Tensor:
+    """Inverse of verl's ``no_padding_2_padding`` for a ``[bsz, resp_len]`` bool tensor.
+
+    Returns a flat ``[total_nnz]`` mask aligned with the model output's values, True off-response.
+    verl's own mapping is reused by sending flat positions through ``no_padding_2_padding``.
+    """
+    positions = no_padding_2_padding(torch.arange(total_nnz, device=keep.device), data)
+    flat = torch.ones(total_nnz, dtype=torch.bool, device=keep.device)
+    flat[positions[response_mask]] = keep[response_mask]
+    return flat
+
+
+def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
+    """verl's ``ppo_loss`` with ERC's indicator I_t (eq. 9) applied to the policy-gradient term.
+
+    Inputs: ``model_output["erc_entropy"]`` (current entropy, no graph, from the entropy hook)
+    and ``data["entropy"]`` (old-policy entropy from verl's old-log-prob pass). Either missing
+    raises :class:`ErcInputError`. The KL-loss and entropy-bonus terms are not gated.
+    """
+    erc = config.erc
+    if not erc.enable:
+        return ppo_loss(config=config, model_output=model_output, data=data, dp_group=dp_group)
+
+    if model_output.get(CURRENT_ENTROPY_KEY) is None:
+        raise _missing(
+            "the current-policy entropy is missing from the actor's model output",
+            "the actor engine must include verl_erc's entropy hook (verl_erc.engine.ErcEntropyMixin); "
+            "check that `import verl_erc` succeeds in the workers (python -m verl_erc --check) and that the "
+            "trainer is started with python -m verl_erc.main",
+        )
+    if OLD_ENTROPY_KEY not in data.keys():
+        raise _missing(
+            "the old-policy entropy is missing from the update batch",
+            "use verl's V1 trainer (trainer.use_v1=true) with the old-log-prob recompute on "
+            "(algorithm.rollout_correction.bypass_mode=false)",
+        )
+
+    padded = data.select("response_mask", OLD_ENTROPY_KEY).to_padded_tensor()
+    response_mask = padded["response_mask"].bool()
+    old_entropy = padded[OLD_ENTROPY_KEY].float()
+    new_entropy = no_padding_2_padding(model_output[CURRENT_ENTROPY_KEY], data).float()
+    if new_entropy.shape != old_entropy.shape:
+        raise ErcInputError(f"ERC entropy shapes differ: current {tuple(new_entropy.shape)} vs old {tuple(old_entropy.shape)}")
+
+    ratio = entropy_ratio(new_entropy, old_entropy, erc.entropy_eps)
+    keep = erc_keep_mask(ratio, erc.beta_low, erc.beta_high)
+
+    log_probs = model_output["log_probs"]
+    flat_keep = _scatter_to_no_padding(keep, response_mask, data, log_probs.values().shape[0])
+    gated_values = gate_gradient(log_probs.values(), flat_keep)
+    gated = torch.nested.nested_tensor_from_jagged(gated_values, log_probs.offsets())
+
+    loss, metrics = ppo_loss(config=config, model_output={**model_output, "log_probs": gated}, data=data, dp_group=dp_group)
+
+    if config.use_kl_loss:
+        # eq. 9 gates the policy-gradient term only: give the KL term back its gradient on
+        # clipped tokens (the added term is exactly 0 in value).
+        ref = data.select("ref_log_prob").to_padded_tensor()["ref_log_prob"]
+        kl_full = kl_penalty(logprob=no_padding_2_padding(log_probs, data), ref_logprob=ref, kl_penalty=config.kl_loss_type)
+        kl_gated = kl_penalty(logprob=no_padding_2_padding(gated, data), ref_logprob=ref, kl_penalty=config.kl_loss_type)
+        restore = agg_loss(
+            loss_mat=kl_full - kl_gated,
+            loss_mask=response_mask,
+            loss_agg_mode=config.loss_agg_mode,
+            **config.global_batch_info,
+        )
+        loss = loss + config.kl_loss_coef * restore
+
+    metrics.update(erc_metrics(ratio, keep, response_mask, erc.beta_low, erc.beta_high))
+    if erc.analysis.enable:
+        from verl_erc.analysis import record_tokens
+
+        fields = data.select("old_log_probs", "advantages").to_padded_tensor()
+        record_tokens(
+            erc.analysis,
+            log_prob=no_padding_2_padding(log_probs, data).detach(),
+            old_log_prob=fields["old_log_probs"],
+            advantages=fields["advantages"],
+            old_entropy=old_entropy,
+            new_entropy=new_entropy,
+            entropy_ratio=ratio,
+            keep=keep,
+            response_mask=response_mask,
+            clip_ratio_low=config.clip_ratio_low,
+            clip_ratio_high=config.clip_ratio_high,
+            beta_low=erc.beta_low,
+            beta_high=erc.beta_high,
+        )
+    return loss, metrics

@@ -1,0 +1,29 @@
+"""``python -m verl_erc.main``: verl's PPO trainer (V1) with ERC, configured with Hydra.
+
+Configs live in ``hydra_conf/`` (installed as ``verl_erc.hydra_conf``) and compose on top of
+verl's ``ppo_trainer``; the default, ``erc_trainer``, is verl's config plus the ERC keys. The
+ERC config is validated here, before Ray starts, then verl's own entry point runs the job.
+"""
+
+import hydra
+from verl.trainer import main_ppo
+
+from verl_erc import __version__
+from verl_erc.trainer import erc_enabled, validate_erc_config
+
+
+@hydra.main(config_path="pkg://verl_erc.hydra_conf", config_name="erc_trainer", version_base=None)
+def main(config) -> None:
+    validate_erc_config(config)
+    erc = config.actor_rollout_ref.actor.get("erc")
+    state = f"ERC on (beta_low={erc.beta_low}, beta_high={erc.beta_high})" if erc_enabled(config) else "ERC off"
+    print(
+        f"verl_erc {__version__}: {state}, loss_mode={config.actor_rollout_ref.actor.policy_loss.loss_mode}, "
+        f"trainer_mode={config.trainer.v1.trainer_mode}",
+        flush=True,
+    )
+    main_ppo.main(config)  # hydra passes a given config straight through to verl's task function
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""The ``verl.plugins`` entry point: registers verl-erc's pieces in verl's registries.
+
+verl imports this module in every process that imports verl, Ray workers included, so they all
+get the ``gppo`` policy loss, the FSDP engine's entropy hook and the ``erc_<mode>`` V1 trainers.
+verl swallows plugin import errors: ``python -m verl_erc --check`` shows whether it loaded.
+"""
+
+import logging
+
+import verl
+
+from verl_erc import SUPPORTED_VERL_VERSIONS, __version__
+from verl_erc import engine, losses, trainer  # noqa: F401  (importing registers gppo and the entropy hook)
+
+logger = logging.getLogger(__name__)
+
+if verl.__version__ not in SUPPORTED_VERL_VERSIONS:
+    logger.warning(
+        "verl_erc %s supports verl %s, found verl %s", __version__, ", ".join(SUPPORTED_VERL_VERSIONS), verl.__version__
+    )
+trainer.register_erc_trainers()
+logger.info("verl_erc %s loaded: policy loss 'gppo', ERC entropy hook, erc_* trainers", __version__)

@@ -1,0 +1,114 @@
+"""Trainer wiring: ERC on verl's V1 trainers, through verl's trainer registry and worker APIs.
+
+For every V1 trainer verl registers (``sync``, ``colocate_async``, ``separate_async``) this module
+registers an ``erc_<name>`` variant (:class:`ErcTrainerMixin` + verl's class). When
+``actor_rollout_ref.actor.erc.enable`` is true it:
+
+1. validates the whole config at construction (:func:`validate_erc_config`);
+2. after the workers are built, installs :func:`verl_erc.losses.erc_ppo_loss` in every actor
+   worker with verl's ``set_loss_fn`` worker API;
+3. flags each actor update (``batch.extra_info``) so the engine's entropy hook
+   (:mod:`verl_erc.engine`) computes the current entropy.
+
+The old-policy entropy needs no wiring: verl's V1 trainer already stores it as the field
+``entropy`` beside ``old_log_probs`` in the old-log-prob pass, and it reaches the loss's data.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from omegaconf import DictConfig, OmegaConf
+from verl.trainer.distillation import is_distillation_enabled
+from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
+from verl.utils.config import omega_conf_to_dataclass
+
+from verl_erc.config import ERC_KEY, ErcConfigError, ErcFSDPActorConfig
+from verl_erc.engine import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG
+from verl_erc.losses import erc_ppo_loss
+
+logger = logging.getLogger(__name__)
+
+ERC_TRAINER_PREFIX = "erc_"
+
+
+def erc_enabled(config: DictConfig) -> bool:
+    """True when the config has an ``erc`` node with ``enable: true``."""
+    return bool(OmegaConf.select(config, f"{ERC_KEY}.enable", default=False))
+
+
+def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
+    """Check that ERC, if enabled, will really run; raise :class:`ErcConfigError` naming every fix.
+
+    Returns the actor dataclass config (which validates the ``erc`` knobs) when ERC is enabled.
+    """
+    if not erc_enabled(config):
+        return None
+    problems = []
+    if not config.trainer.get("use_v1", True):
+        problems.append(
+            "trainer.use_v1=false: verl's legacy trainer discards the old-policy entropy; set trainer.use_v1=true"
+        )
+    elif not str(OmegaConf.select(config, "trainer.v1.trainer_mode")).startswith(ERC_TRAINER_PREFIX):
+        mode = OmegaConf.select(config, "trainer.v1.trainer_mode")
+        problems.append(
+            f"trainer.v1.trainer_mode={mode} does not install ERC's loss in the workers; "
+            f"set trainer.v1.trainer_mode={ERC_TRAINER_PREFIX}{mode}"
+        )
+    if OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode", default=False):
+        problems.append(
+            "algorithm.rollout_correction.bypass_mode=true skips the old-log-prob recompute, so there is "
+            "no old-policy entropy; set it to false"
+        )
+    for key in ("actor_rollout_ref.model.use_fused_kernels", "actor_rollout_ref.actor.use_fused_kernels"):
+        if OmegaConf.select(config, key, default=False):
+            problems.append(f"{key}=true never materialises the logits ERC's entropy needs; set it to false")
+    if is_distillation_enabled(config.get("distillation")):
+        problems.append("distillation is enabled: ERC composes with verl's ppo_loss, not distillation_ppo_loss")
+    if problems:
+        raise ErcConfigError(f"{ERC_KEY}.enable=true cannot run as configured:\n  - " + "\n  - ".join(problems))
+
+    actor_config = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    if not isinstance(actor_config, ErcFSDPActorConfig):
+        raise ErcConfigError(
+            f"actor_rollout_ref.actor._target_ builds {type(actor_config).__name__}, which has no ERC field; "
+            "compose your config on hydra_conf/erc_trainer.yaml (it sets "
+            "_target_: verl_erc.config.ErcFSDPActorConfig)"
+        )
+    return actor_config
+
+
+class ErcTrainerMixin:
+    """ERC wiring for a verl V1 ``PPOTrainer`` subclass (put it first in the bases)."""
+
+    def __init__(self, config: DictConfig):
+        self._erc_actor_config = validate_erc_config(config)
+        super().__init__(config)
+
+    def _setup(self):
+        super()._setup()
+        if self._erc_actor_config is not None:
+            self.actor_rollout_wg.set_loss_fn(partial(erc_ppo_loss, config=self._erc_actor_config))
+            erc = self._erc_actor_config.erc
+            logger.warning(
+                "verl_erc: ERC loss installed in the actor workers (beta_low=%s, beta_high=%s, base loss_mode=%s)",
+                erc.beta_low,
+                erc.beta_high,
+                self._erc_actor_config.policy_loss.loss_mode,
+            )
+
+    def _update_actor(self, batch, metrics):
+        if self._erc_actor_config is not None:
+            batch.extra_info.update(
+                {ERC_ENTROPY_FLAG: True, ERC_CHUNK_SIZE_KEY: self._erc_actor_config.erc.entropy_chunk_size}
+            )
+        return super()._update_actor(batch, metrics)
+
+
+def register_erc_trainers() -> None:
+    """Register ``erc_<name>`` for every V1 trainer verl has registered (idempotent)."""
+    for name, cls in list(TRAINER_REGISTRY.items()):
+        if name.startswith(ERC_TRAINER_PREFIX) or ERC_TRAINER_PREFIX + name in TRAINER_REGISTRY:
+            continue
+        register_trainer(ERC_TRAINER_PREFIX + name)(type(f"Erc{cls.__name__}", (ErcTrainerMixin, cls), {}))
