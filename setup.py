@@ -37,7 +37,7 @@ setup(
     extras_require={
         # GPU rollout and kernels: CUDA-only wheels, never needed on the CPU path
         "gpu": ["vllm>=0.11", "flash-attn>=2.7"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
     },
     entry_points={"verl.plugins": ["verl_erc = verl_erc.plugin"]},
 )

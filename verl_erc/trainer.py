@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from verl.trainer.distillation import is_distillation_enabled
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
@@ -45,6 +46,7 @@ def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
     """
     if not erc_enabled(config):
         return None
+    omega_conf_to_dataclass(OmegaConf.select(config, ERC_KEY))  # the knobs' own checks first
     problems = []
     if not config.trainer.get("use_v1", True):
         problems.append(
@@ -66,17 +68,15 @@ def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
             problems.append(f"{key}=true never materialises the logits ERC's entropy needs; set it to false")
     if is_distillation_enabled(config.get("distillation")):
         problems.append("distillation is enabled: ERC composes with verl's ppo_loss, not distillation_ppo_loss")
+    actor_cls = get_class(config.actor_rollout_ref.actor._target_)
+    if not issubclass(actor_cls, ErcFSDPActorConfig):
+        problems.append(
+            f"actor_rollout_ref.actor._target_ builds {actor_cls.__name__}, which has no ERC field; compose your "
+            "config on hydra_conf/erc_trainer.yaml (_target_: verl_erc.config.ErcFSDPActorConfig)"
+        )
     if problems:
         raise ErcConfigError(f"{ERC_KEY}.enable=true cannot run as configured:\n  - " + "\n  - ".join(problems))
-
-    actor_config = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
-    if not isinstance(actor_config, ErcFSDPActorConfig):
-        raise ErcConfigError(
-            f"actor_rollout_ref.actor._target_ builds {type(actor_config).__name__}, which has no ERC field; "
-            "compose your config on hydra_conf/erc_trainer.yaml (it sets "
-            "_target_: verl_erc.config.ErcFSDPActorConfig)"
-        )
-    return actor_config
+    return omega_conf_to_dataclass(config.actor_rollout_ref.actor)
 
 
 class ErcTrainerMixin:

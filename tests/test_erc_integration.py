@@ -1,0 +1,235 @@
+"""ERC through verl's real engine code paths with a tiny Qwen2 on CPU.
+
+The actor engine's own ``prepare_model_inputs`` / ``prepare_model_outputs`` (with our entropy
+hook mixed in) run a real forward; the old-policy entropy comes from an "old" forward through
+verl's ``calculate_entropy`` path, cut to response tokens with verl's ``response_from_nested``
+exactly as the V1 trainer's old-log-prob pass does; then ``erc_ppo_loss`` and backward.
+(FSDP wrapping, Ray and the trainer are covered by the CPU end-to-end test.)
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tensordict import TensorDict
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from verl.trainer.ppo.core_algos import get_policy_loss_fn, kl_penalty, agg_loss
+from verl.utils import tensordict_utils as tu
+from verl.utils import torch_functional as verl_F
+from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
+
+from verl_erc.engine import ERC_ENTROPY_FLAG, ErcFSDPEngineWithLMHead
+from verl_erc.losses import ErcInputError, entropy_ratio, erc_keep_mask, erc_ppo_loss, gate_gradient
+
+from conftest import make_actor_config
+
+PROMPT_LENS = [3, 4, 2, 5]
+RESPONSE_LENS = [6, 2, 5, 4]
+
+
+def tiny_qwen2(seed=0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, attn_implementation="sdpa",
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # peaked next-token distributions, so entropies can move both ways
+        model.lm_head.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 5))
+    return model
+
+
+def make_engine(model, pad_to_length=False) -> ErcFSDPEngineWithLMHead:
+    """The engine class the plugin registers, without FSDP/distributed set-up around it."""
+    engine = object.__new__(ErcFSDPEngineWithLMHead)
+    engine.module = model
+    engine.use_ulysses_sp = False
+    engine.ulysses_sequence_parallel_size = 1
+    engine.pad_to_length = pad_to_length
+    engine.pad_to_length_bucket = 16
+    engine.engine_config = SimpleNamespace(entropy_checkpointing=False, entropy_from_logits_with_chunking=False)
+    engine.compute_entropy_from_logits = verl_F.entropy_from_logits
+    return engine
+
+
+def nested(rows):
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+def make_batch(use_remove_padding=True, seed=0) -> TensorDict:
+    """A V1-trainer-style actor micro-batch in the no-padding (nested) layout."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, 97, (n,), generator=g) for n in PROMPT_LENS]
+    responses = [torch.randint(1, 97, (n,), generator=g) for n in RESPONSE_LENS]
+    n_resp = sum(RESPONSE_LENS)
+    return tu.get_tensordict(
+        tensor_dict={
+            "input_ids": nested([torch.cat([p, r]) for p, r in zip(prompts, responses)]),
+            "position_ids": nested([torch.arange(p + r) for p, r in zip(PROMPT_LENS, RESPONSE_LENS)]),
+            "prompts": nested(prompts),
+            "responses": nested(responses),
+            "response_mask": nested([torch.ones(n, dtype=torch.int64) for n in RESPONSE_LENS]),
+            "advantages": nested([torch.randn(n, generator=g) for n in RESPONSE_LENS]),
+        },
+        non_tensor_dict={
+            "temperature": 1.0,
+            "use_remove_padding": use_remove_padding,
+            "dp_size": 1,
+            "batch_num_tokens": n_resp,
+            "global_batch_size": len(PROMPT_LENS),
+        },
+    )
+
+
+def forward(engine, batch, **flags):
+    for key, value in flags.items():
+        tu.assign_non_tensor(batch, **{key: value})
+    inputs, output_args = engine.prepare_model_inputs(batch)
+    output = engine.module(**inputs, use_cache=False)
+    return engine.prepare_model_outputs(output, output_args, batch, None)
+
+
+def old_pass(engine, batch):
+    """verl's old-log-prob pass: log-probs + entropy, cut to response tokens like the V1 trainer."""
+    with torch.no_grad():
+        out = forward(engine, batch, calculate_entropy=True)
+    batch["old_log_probs"] = response_from_nested(out["log_probs"], batch["response_mask"])
+    batch["entropy"] = response_from_nested(out["entropy"], batch["response_mask"])
+
+
+def perturb(model, scale=0.1, seed=1):
+    """Stand-in for earlier mini-batch updates: move the policy away from pi_old."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.lm_head.weight.add_(torch.randn(model.lm_head.weight.shape, generator=g) * scale)
+
+
+LAYOUTS = [
+    pytest.param(dict(use_remove_padding=True), id="no-padding-packed"),
+    pytest.param(dict(use_remove_padding=True, pad_to_length=True), id="no-padding-packed-static-pad"),
+    pytest.param(dict(use_remove_padding=False), id="no-padding-unpacked"),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_on_policy_ratio_is_exactly_one(layout):
+    model = tiny_qwen2()
+    engine = make_engine(model, pad_to_length=layout.get("pad_to_length", False))
+    batch = make_batch(layout["use_remove_padding"])
+    old_pass(engine, batch)
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    assert not out["erc_entropy"].values().requires_grad
+    assert "entropy" not in out  # verl's graph-carrying entropy is not computed
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert metrics["actor/erc_clipfrac"].aggregate() == 0.0
+    assert metrics["actor/erc_ratio_min"].aggregate() == pytest.approx(1.0, abs=1e-6)
+    assert metrics["actor/erc_ratio_max"].aggregate() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("loss_mode", ["vanilla", "gppo"])
+def test_erc_update_gradients_match_reference(layout, loss_mode):
+    model = tiny_qwen2()
+    engine = make_engine(model, pad_to_length=layout.get("pad_to_length", False))
+    batch = make_batch(layout["use_remove_padding"])
+    old_pass(engine, batch)
+    perturb(model)
+    config = make_actor_config(loss_mode)
+
+    # ERC as the plugin runs it
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    loss, metrics = erc_ppo_loss(config, out, batch)
+    model.zero_grad()
+    loss.backward()
+    grads_erc = [p.grad.clone() for p in model.parameters()]
+
+    # Reference: entropy from verl's own calculate_entropy path, mask by eq. 8-9, base loss on
+    # gated log-probs, computed by hand on padded tensors
+    out_ref = forward(engine, batch, calculate_entropy=True, **{ERC_ENTROPY_FLAG: False})
+    assert "erc_entropy" not in out_ref
+    torch.testing.assert_close(out["erc_entropy"].values(), out_ref["entropy"].values().detach(), rtol=1e-6, atol=1e-6)
+    padded = batch.select("response_mask", "entropy", "old_log_probs", "advantages").to_padded_tensor()
+    mask = padded["response_mask"].bool()
+    new_h = no_padding_2_padding(out_ref["entropy"], batch).detach()
+    keep = erc_keep_mask(entropy_ratio(new_h, padded["entropy"], 1e-6), 0.05, 0.05)
+    log_prob = no_padding_2_padding(out_ref["log_probs"], batch)
+    config.global_batch_info.update(dp_size=1, batch_num_tokens=sum(RESPONSE_LENS), global_batch_size=len(PROMPT_LENS))
+    ref_loss, _ = get_policy_loss_fn(loss_mode)(
+        old_log_prob=padded["old_log_probs"], log_prob=gate_gradient(log_prob, keep), advantages=padded["advantages"],
+        response_mask=mask, loss_agg_mode="token-mean", config=config,
+    )
+    model.zero_grad()
+    ref_loss.backward(retain_graph=True)  # the base-loss check below reuses this graph
+    for g_erc, p in zip(grads_erc, model.parameters()):
+        torch.testing.assert_close(g_erc, p.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.detach(), ref_loss.detach(), rtol=1e-6, atol=1e-8)
+
+    # the perturbation moved some tokens out of the band and left others in: the test has teeth
+    frac = metrics["actor/erc_clipfrac"].aggregate()
+    assert 0.1 < frac < 0.9, frac
+    assert metrics["actor/erc_clipfrac_high"].aggregate() > 0 and metrics["actor/erc_clipfrac_low"].aggregate() > 0
+    assert frac == pytest.approx(1 - keep[mask].float().mean().item())
+    assert metrics["actor/erc_clipfrac"].aggregate() == pytest.approx(
+        metrics["actor/erc_clipfrac_high"].aggregate() + metrics["actor/erc_clipfrac_low"].aggregate()
+    )
+    # and ERC changed the update relative to the base loss
+    base_loss, _ = get_policy_loss_fn(loss_mode)(
+        old_log_prob=padded["old_log_probs"], log_prob=log_prob, advantages=padded["advantages"],
+        response_mask=mask, loss_agg_mode="token-mean", config=config,
+    )
+    model.zero_grad()
+    base_loss.backward()
+    assert any(not torch.allclose(g_erc, p.grad) for g_erc, p in zip(grads_erc, model.parameters()))
+
+
+def test_kl_loss_gradient_is_not_gated():
+    """eq. 9 gates the policy-gradient term only: the KL-loss term keeps its gradient on clipped tokens."""
+    model = tiny_qwen2()
+    engine = make_engine(model)
+    batch = make_batch()
+    old_pass(engine, batch)
+    batch["ref_log_prob"] = batch["old_log_probs"].clone()
+    perturb(model)
+    config = make_actor_config("vanilla", use_kl_loss=True, kl_loss_coef=0.5, kl_loss_type="low_var_kl")
+
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    loss, _ = erc_ppo_loss(config, out, batch)
+    model.zero_grad()
+    loss.backward()
+    grad_erc = model.lm_head.weight.grad.clone()
+
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    padded = batch.select("response_mask", "entropy", "old_log_probs", "advantages", "ref_log_prob").to_padded_tensor()
+    mask = padded["response_mask"].bool()
+    keep = erc_keep_mask(entropy_ratio(no_padding_2_padding(out["erc_entropy"], batch), padded["entropy"], 1e-6), 0.05, 0.05)
+    assert (~keep & mask).any()
+    log_prob = no_padding_2_padding(out["log_probs"], batch)
+    info = dict(dp_size=1, batch_num_tokens=sum(RESPONSE_LENS), global_batch_size=len(PROMPT_LENS), loss_scale_factor=None)
+    config.global_batch_info.update(info)
+    pg, _ = get_policy_loss_fn("vanilla")(
+        old_log_prob=padded["old_log_probs"], log_prob=gate_gradient(log_prob, keep), advantages=padded["advantages"],
+        response_mask=mask, loss_agg_mode="token-mean", config=config,
+    )
+    kl = agg_loss(kl_penalty(log_prob, padded["ref_log_prob"], "low_var_kl"), mask, "token-mean", **info)
+    model.zero_grad()
+    (pg + 0.5 * kl).backward()
+    torch.testing.assert_close(grad_erc, model.lm_head.weight.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_missing_inputs_fail_loudly():
+    model = tiny_qwen2()
+    engine = make_engine(model)
+    batch = make_batch()
+    old_pass(engine, batch)
+    config = make_actor_config("vanilla")
+
+    # the entropy hook did not run (flag not set, e.g. an engine without the mixin)
+    out = forward(engine, batch, calculate_entropy=False)
+    with pytest.raises(ErcInputError, match="current-policy entropy is missing"):
+        erc_ppo_loss(config, out, batch)
+
+    # the old-policy entropy is not in the update batch (legacy trainer, bypass mode)
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    del batch["entropy"]
+    with pytest.raises(ErcInputError, match="old-policy entropy is missing"):
+        erc_ppo_loss(config, out, batch)
