@@ -33,6 +33,7 @@ setup(
         "pyarrow>=19",
         "matplotlib>=3.8",
         "tensorboard>=2.15",
+        "markdown>=3.4",
     ],
     extras_require={
         # GPU rollout and kernels: CUDA-only wheels, never needed on the CPU path

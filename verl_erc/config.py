@@ -30,10 +30,13 @@ class ErcAnalysisConfig(BaseConfig):
 
     Args:
         enable: sample tokens from the loss computation and append them to ``path``.
-        every_n_updates: sample on one actor mini-batch update out of this many.
-        max_tokens: at most this many response tokens per sampled update (per rank).
+        every_n_updates: sample on one ERC loss call (one micro-batch, counted per process) out of
+            this many: with k micro-batches per mini-batch, ``k * m`` samples every m mini-batches.
+        max_tokens: at most this many response tokens per sampled call (per rank).
         max_records: stop writing once the file holds this many tokens (per rank): bounded size.
-        path: output file (JSONL); ``{rank}`` is replaced by the data-parallel rank.
+        path: output file (JSONL), written from the actor workers, so best absolute; ``{rank}`` is
+            replaced by the ``torch.distributed`` rank (quote the value on the Hydra command line:
+            Hydra's parser rejects an unquoted ``{``).
     """
 
     enable: bool = False
