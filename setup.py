@@ -25,7 +25,7 @@ setup(
         # which the V1 trainer needs. verl pins transformers/tensordict; it does not pin torch.
         "verl[verl-core]==0.9.1",
         "torch>=2.7,<2.15",
-        "ray[default]>=2.41,<2.61",
+        "ray[default]>=2.52,<2.61",  # 2.52: token authentication, used by the Slurm launcher
         "hydra-core>=1.3.2,<1.4",
         "math-verify>=0.8,<0.10",
         "tokenizers>=0.21",

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Submit a paper recipe as a multi-node Slurm job (Ray on Slurm, slurm/erc_ray.sbatch).
+#
+#   slurm/submit.sh [options] RECIPE [hydra overrides...]
+#   e.g. slurm/submit.sh -N 2 -p gpu -t 2-00:00:00 erc_dapo_7b trainer.total_training_steps=500
+#
+# Options (flag, or the environment variable in brackets):
+#   -N, --nodes N            nodes                          [ERC_SLURM_NODES, default 1]
+#   -g, --gpus-per-node G    GPUs per node, 0 for none      [ERC_SLURM_GPUS_PER_NODE, default 8]
+#   -c, --cpus-per-node C    CPUs per node                  [ERC_SLURM_CPUS_PER_NODE, default: Slurm's]
+#   -p, --partition P        partition                      [ERC_SLURM_PARTITION]
+#   -t, --time T             time limit                     [ERC_SLURM_TIME, default 2-00:00:00]
+#   -l, --log-dir DIR        job logs (%x-%j.out)           [ERC_SLURM_LOG_DIR, default ./slurm-logs]
+#   -r, --requeue-margin S   requeue S seconds before the time limit, 0 to disable
+#                                                           [ERC_SLURM_REQUEUE_MARGIN, default 600]
+#   -n, --dry-run            print the sbatch command only
+# Any other sbatch option: ERC_SLURM_EXTRA_ARGS="--account=abc --qos=high".
+# The recipe reads its paths from the environment (recipes/_common.sh); sbatch passes it on.
+
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+nodes="${ERC_SLURM_NODES:-1}"
+gpus="${ERC_SLURM_GPUS_PER_NODE:-8}"
+cpus="${ERC_SLURM_CPUS_PER_NODE:-}"
+partition="${ERC_SLURM_PARTITION:-}"
+time_limit="${ERC_SLURM_TIME:-2-00:00:00}"
+log_dir="${ERC_SLURM_LOG_DIR:-$PWD/slurm-logs}"
+margin="${ERC_SLURM_REQUEUE_MARGIN:-600}"
+dry_run=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -N | --nodes) nodes="$2"; shift 2 ;;
+        -g | --gpus-per-node) gpus="$2"; shift 2 ;;
+        -c | --cpus-per-node) cpus="$2"; shift 2 ;;
+        -p | --partition) partition="$2"; shift 2 ;;
+        -t | --time) time_limit="$2"; shift 2 ;;
+        -l | --log-dir) log_dir="$2"; shift 2 ;;
+        -r | --requeue-margin) margin="$2"; shift 2 ;;
+        -n | --dry-run) dry_run=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+if [[ $# -lt 1 ]]; then
+    usage >&2
+    exit 2
+fi
+recipe="${1%.sh}"
+recipe="${recipe##*/}"
+shift
+[[ -f "$ROOT/recipes/$recipe.sh" ]] || {
+    echo "error: no recipe '$recipe'; available: $(cd "$ROOT/recipes" && ls [a-z]*.sh | sed 's/\.sh$//' | tr '\n' ' ')" >&2
+    exit 2
+}
+[[ "$nodes" =~ ^[1-9][0-9]*$ ]] || { echo "error: --nodes must be a positive integer, got '$nodes'" >&2; exit 2; }
+[[ "$gpus" =~ ^[0-9]+$ ]] || { echo "error: --gpus-per-node must be an integer >= 0, got '$gpus'" >&2; exit 2; }
+
+time_seconds() {  # Slurm time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+    local t="$1" days=0 a b c
+    if [[ "$t" == *-* ]]; then
+        days="${t%%-*}"
+        t="${t#*-}"
+        IFS=: read -r a b c <<<"$t"
+        echo $(( ((10#$days * 24 + 10#$a) * 60 + 10#${b:-0}) * 60 + 10#${c:-0} ))
+        return
+    fi
+    IFS=: read -r a b c <<<"$t"
+    if [[ -n "$c" ]]; then echo $(( (10#$a * 60 + 10#$b) * 60 + 10#$c ))
+    elif [[ -n "$b" ]]; then echo $(( 10#$a * 60 + 10#$b ))
+    else echo $(( 10#$a * 60 ))
+    fi
+}
+[[ "$time_limit" =~ ^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$ ]] || { echo "error: --time '$time_limit' is not a Slurm time limit" >&2; exit 2; }
+if [[ "$margin" -gt 0 && $(( 2 * margin )) -ge "$(time_seconds "$time_limit")" ]]; then
+    echo "error: --requeue-margin ${margin}s is not well below --time $time_limit; lower it or pass -r 0" >&2
+    exit 2
+fi
+
+args=(
+    --job-name="erc-$recipe"
+    --nodes="$nodes"
+    --ntasks-per-node=1
+    --time="$time_limit"
+    --output="$log_dir/%x-%j.out"
+    --error="$log_dir/%x-%j.out"
+    --export="ALL,VERL_ERC_ROOT=$ROOT,ERC_GPUS_PER_NODE=$gpus"
+)
+[[ "$gpus" -gt 0 ]] && args+=(--gpus-per-node="$gpus" --exclusive)
+[[ -n "$cpus" ]] && args+=(--cpus-per-task="$cpus")
+[[ -n "$partition" ]] && args+=(--partition="$partition")
+[[ "$margin" -gt 0 ]] && args+=(--signal="B:USR1@$margin")
+if [[ -n "${ERC_SLURM_EXTRA_ARGS:-}" ]]; then
+    read -r -a extra <<<"$ERC_SLURM_EXTRA_ARGS"
+    args+=("${extra[@]}")
+fi
+
+cmd=(sbatch "${args[@]}" "$ROOT/slurm/erc_ray.sbatch" "$recipe" "$@")
+echo "submit: $(printf '%q ' "${cmd[@]}")"
+if [[ "$dry_run" == 1 ]]; then
+    exit 0
+fi
+mkdir -p "$log_dir"
+exec "${cmd[@]}"

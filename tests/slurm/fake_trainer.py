@@ -1,0 +1,30 @@
+"""Stand-in for ``python -m verl_erc.main`` in the recipe and Slurm tests: prints its arguments and
+logging environment and, when RAY_ADDRESS is set (the Slurm job's cluster), joins that Ray cluster
+as verl's driver would and reports what it sees.
+
+With FAKE_TRAINER_HOLD=1 the first launch of a job (SLURM_RESTART_COUNT unset or 0) then waits
+to be cancelled or requeued; a relaunch exits at once.
+"""
+
+import os
+import sys
+import time
+
+restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+seen = "no-ray"
+if os.environ.get("RAY_ADDRESS"):
+    import ray
+
+    ray.init(logging_level="ERROR", log_to_driver=False)
+    seen = f"address={os.environ['RAY_ADDRESS']} nodes={sum(1 for n in ray.nodes() if n.get('Alive'))}"
+    ray.shutdown()
+print(
+    f"FAKE_TRAINER connected {seen} auth={os.environ.get('RAY_AUTH_MODE', 'disabled')} restart={restart} "
+    f"tensorboard={os.environ.get('TENSORBOARD_DIR')} metrics={os.environ.get('VERL_FILE_LOGGER_PATH')} "
+    f"args={sys.argv[1:]}",
+    flush=True,
+)
+if os.environ.get("FAKE_TRAINER_HOLD") == "1" and restart == 0:
+    print("FAKE_TRAINER holding", flush=True)
+    time.sleep(3600)
+print("FAKE_TRAINER done", flush=True)

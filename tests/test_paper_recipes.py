@@ -1,0 +1,290 @@
+"""The paper's runs (hydra_conf/<run>.yaml, recipes/<run>.sh): composition, verl's own checks,
+the paper's values key by key, and what each ERC run changes against its baseline."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+from verl.trainer.ppo.reward import get_custom_reward_fn
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils import omega_conf_to_dataclass
+from verl.utils.config import validate_config
+
+from verl_erc.config import ErcFSDPActorConfig
+from verl_erc.reward import compute_score
+from verl_erc.trainer import validate_erc_config
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ["actor_rollout_ref.model.path=/models/x", "data.train_files=/d/train.parquet", "data.val_files=/d/val.parquet"]
+
+# run -> (model size, method, ERC on)
+RUNS = {
+    "grpo_1p5b": ("1p5b", "grpo", False),
+    "dapo_1p5b": ("1p5b", "dapo", False),
+    "erc_dapo_1p5b": ("1p5b", "dapo", True),
+    "gppo_1p5b": ("1p5b", "gppo", False),
+    "erc_gppo_1p5b": ("1p5b", "gppo", True),
+    "entropy_reg_1p5b": ("1p5b", "dapo", False),
+    "grpo_7b": ("7b", "grpo", False),
+    "dapo_7b": ("7b", "dapo", False),
+    "erc_dapo_7b": ("7b", "dapo", True),
+    "gppo_7b": ("7b", "gppo", False),
+    "erc_gppo_7b": ("7b", "gppo", True),
+    "kl_penalty_7b": ("7b", "dapo", False),
+    "gspo_7b": ("7b", "gspo", False),
+    "erc_gspo_7b": ("7b", "gspo", True),
+}
+# method -> (policy_loss.loss_mode, clip_ratio_low, clip_ratio_high, loss_agg_mode, dynamic sampling)
+METHODS = {
+    "grpo": ("vanilla", 0.2, 0.2, "seq-mean-token-mean", False),
+    "dapo": ("vanilla", 0.2, 0.28, "token-mean", True),
+    "gppo": ("gppo", 0.2, 0.2, "token-mean", True),
+    "gspo": ("gspo", 3e-4, 4e-4, "seq-mean-token-mean", True),
+}
+
+
+def load(name: str, overrides=REQUIRED):
+    with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def configs():
+    return {name: load(name) for name in RUNS}
+
+
+def test_every_recipe_has_a_config_and_a_script():
+    scripts = {p.stem for p in (ROOT / "recipes").glob("*.sh") if not p.name.startswith("_")}
+    assert scripts == set(RUNS)
+    for name in RUNS:
+        assert (ROOT / "hydra_conf" / f"{name}.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_converts_to_verl_dataclasses_and_passes_verl_checks(configs, name):
+    cfg = configs[name]
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert isinstance(actor, ErcFSDPActorConfig)
+    omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    omega_conf_to_dataclass(cfg.algorithm)
+    # verl's own loaders find the reward manager and our reward function
+    assert get_reward_manager_cls(cfg.reward.reward_manager.name)
+    assert get_custom_reward_fn(cfg).args[0] is compute_score
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    assert (validate_erc_config(cfg) is not None) == RUNS[name][2]
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_paper_values(configs, name):
+    cfg = configs[name]
+    size, method, erc = RUNS[name]
+    actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+    assert actor.optim.lr == 1e-6
+    assert rollout.n == 8
+    assert cfg.data.train_batch_size == 128
+    assert actor.ppo_mini_batch_size == 16
+    assert cfg.data.max_response_length == 16384
+    assert rollout.temperature == 1.0 and rollout.top_p == 1.0
+    assert (rollout.val_kwargs.temperature, rollout.val_kwargs.top_p, rollout.val_kwargs.do_sample) == (0.6, 0.95, True)
+    assert cfg.algorithm.adv_estimator == "grpo"
+    assert (actor.erc.enable, actor.erc.beta_low, actor.erc.beta_high) == (erc, 0.05, 0.05)
+    loss_mode, clip_low, clip_high, agg, dynamic = METHODS[method]
+    assert actor.policy_loss.loss_mode == loss_mode
+    assert (actor.clip_ratio_low, actor.clip_ratio_high) == (clip_low, clip_high)
+    assert actor.loss_agg_mode == agg
+    assert cfg.algorithm.filter_groups.enable == dynamic
+    if dynamic:
+        assert cfg.algorithm.filter_groups.metric == "acc"
+        assert cfg.reward.reward_manager.name == "dapo"
+        assert cfg.reward.reward_kwargs.overlong_buffer_cfg.enable
+        assert cfg.reward.reward_kwargs.max_resp_len == 16384
+    assert cfg.reward.custom_reward_function.path == "pkg://verl_erc.reward"
+    assert cfg.actor_rollout_ref.actor.use_kl_loss == (name == "kl_penalty_7b")
+    assert (actor.entropy_coeff > 0) == (name == "entropy_reg_1p5b")
+    # runs: named after the recipe, logged to console + file + TensorBoard, checkpointed, resumable
+    assert cfg.trainer.experiment_name == name
+    assert {"console", "file", "tensorboard"} <= set(cfg.trainer.logger)
+    assert cfg.trainer.save_freq > 0 and cfg.trainer.resume_mode == "auto"
+    assert cfg.trainer.n_gpus_per_node == 8
+    assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == {"1p5b": 1, "7b": 2}[size]
+
+
+def test_paths_come_from_the_environment(monkeypatch):
+    for var in ("ERC_MODEL_7B", "ERC_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load("erc_dapo_7b", overrides=[])
+    for key, var in (("actor_rollout_ref.model.path", "ERC_MODEL_7B"), ("data.val_files", "ERC_DATA_DIR")):
+        with pytest.raises(InterpolationResolutionError, match=var):
+            OmegaConf.select(cfg, key)
+    monkeypatch.setenv("ERC_MODEL_7B", "/models/r1-7b")
+    monkeypatch.setenv("ERC_DATA_DIR", "/data/erc")
+    cfg = load("erc_dapo_7b", overrides=[])
+    assert cfg.actor_rollout_ref.model.path == "/models/r1-7b"
+    assert (cfg.data.train_files, cfg.data.val_files) == ("/data/erc/train.parquet", "/data/erc/val.parquet")
+
+
+def flat(cfg) -> dict:
+    """Every leaf of the unresolved config as {dotted.key: value}."""
+    out = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def differences(a: str, b: str, configs) -> set[str]:
+    fa, fb = flat(configs[a]), flat(configs[b])
+    return {k for k in fa.keys() | fb.keys() if fa.get(k, "<absent>") != fb.get(k, "<absent>")}
+
+
+NAME = "trainer.experiment_name"
+ERC_ENABLE = "actor_rollout_ref.actor.erc.enable"
+
+
+@pytest.mark.parametrize(
+    "erc_run, baseline",
+    [("erc_dapo_1p5b", "dapo_1p5b"), ("erc_dapo_7b", "dapo_7b"), ("erc_gppo_1p5b", "gppo_1p5b"),
+     ("erc_gppo_7b", "gppo_7b"), ("erc_gspo_7b", "gspo_7b")],
+)
+def test_erc_runs_differ_from_their_baseline_in_erc_only(configs, erc_run, baseline):
+    assert differences(erc_run, baseline, configs) == {ERC_ENABLE, NAME}
+
+
+@pytest.mark.parametrize(
+    "run, baseline, keys",
+    [
+        ("kl_penalty_7b", "dapo_7b", {"use_kl_loss"}),  # coefficient and estimator: verl's defaults
+        ("entropy_reg_1p5b", "dapo_1p5b", {"entropy_coeff"}),
+        ("gspo_7b", "dapo_7b", {"policy_loss.loss_mode", "clip_ratio_low", "clip_ratio_high", "loss_agg_mode"}),
+        ("gppo_7b", "dapo_7b", {"policy_loss.loss_mode", "clip_ratio_high"}),
+    ],
+)
+def test_ablations_differ_from_dapo_in_their_knob_only(configs, run, baseline, keys):
+    assert differences(run, baseline, configs) == {NAME} | {f"actor_rollout_ref.actor.{k}" for k in keys}
+
+
+def test_sizes_differ_in_parallelism_only(configs):
+    assert differences("erc_dapo_7b", "erc_dapo_1p5b", configs) == {
+        NAME,
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size",
+        "trainer.nnodes",
+    }
+
+
+# --- recipes/*.sh ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recipe_env(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "data" / f"{split}.parquet").touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ERC_", "VERL_ERC_"))}
+    env.update(
+        ERC_MODEL_1P5B=str(tmp_path / "model"),
+        ERC_MODEL_7B=str(tmp_path / "model"),
+        ERC_DATA_DIR=str(tmp_path / "data"),
+        ERC_RUNS_DIR=str(tmp_path / "runs"),
+        VERL_ERC_DRY_RUN="1",
+    )
+    return env, tmp_path
+
+
+def run_recipe(name, env, *args):
+    return subprocess.run(["bash", str(ROOT / "recipes" / f"{name}.sh"), *args], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_recipe_forwards_overrides_unchanged(recipe_env, name):
+    env, tmp = recipe_env
+    out = run_recipe(name, dict(env, ERC_SEED="7"), "trainer.total_epochs=3", "trainer.logger=[console,wandb]")
+    assert out.returncode == 0, out.stderr
+    command = next(line for line in out.stdout.splitlines() if line.startswith("command: "))
+    words = command.split()
+    assert words[1:6] == ["python", "-m", "verl_erc.main", "--config-name", name]
+    run_dir = tmp / "runs" / f"{name}-seed7"
+    assert words[6:] == [
+        f"actor_rollout_ref.model.path={tmp}/model",
+        f"data.train_files={tmp}/data/train.parquet",
+        f"data.val_files={tmp}/data/val.parquet",
+        "data.seed=7",
+        f"trainer.experiment_name={name}-seed7",
+        f"trainer.default_local_dir={run_dir}/checkpoints",
+        "trainer.total_epochs=3",
+        "trainer.logger=\\[console\\,wandb\\]",  # printed shell-quoted (printf %q)
+    ]
+    assert f"TensorBoard: {run_dir}/tensorboard" in out.stdout
+    assert not (tmp / "runs").exists()  # a dry run creates nothing
+
+
+def test_recipe_runs_the_command_with_logging_env(recipe_env):
+    env, tmp = recipe_env
+    fake = f"{sys.executable} {ROOT / 'tests' / 'slurm' / 'fake_trainer.py'}"
+    env = {k: v for k, v in env.items() if k not in ("VERL_ERC_DRY_RUN", "RAY_ADDRESS")}
+    out = run_recipe("erc_dapo_7b", dict(env, VERL_ERC_ENTRYPOINT=fake), "x=1")
+    assert out.returncode == 0, out.stderr
+    run_dir = tmp / "runs" / "erc_dapo_7b-seed1"
+    line = next(line for line in out.stdout.splitlines() if line.startswith("FAKE_TRAINER connected"))
+    assert f"tensorboard={run_dir}/tensorboard metrics={run_dir}/metrics/" in line and line.endswith("'x=1']")
+    launches = (run_dir / "launches.log").read_text().splitlines()
+    assert len(launches) == 1 and launches[0].endswith("x=1 ")
+    assert (run_dir / "tensorboard").is_dir() and (run_dir / "metrics").is_dir()
+
+
+@pytest.mark.parametrize(
+    "unset, message",
+    [
+        ("ERC_MODEL_7B", "ERC_MODEL_7B is not set"),
+        ("ERC_DATA_DIR", "ERC_DATA_DIR is not set"),
+        ("ERC_RUNS_DIR", "ERC_RUNS_DIR is not set"),
+    ],
+)
+def test_recipe_fails_clearly_without_paths(recipe_env, unset, message):
+    env, _ = recipe_env
+    env.pop(unset)
+    out = run_recipe("erc_dapo_7b", env)
+    assert out.returncode == 2 and message in out.stderr and "command:" not in out.stdout
+
+
+def test_recipe_fails_clearly_on_missing_files(recipe_env):
+    env, tmp = recipe_env
+    out = run_recipe("grpo_1p5b", dict(env, ERC_MODEL_1P5B=str(tmp / "nope")))
+    assert out.returncode == 2 and "is not a folder" in out.stderr
+    (tmp / "data" / "val.parquet").unlink()
+    out = run_recipe("grpo_1p5b", env)
+    assert out.returncode == 2 and "val.parquet not found" in out.stderr and "verl_erc.data" in out.stderr
+
+
+def test_recipe_makes_paths_absolute(recipe_env):
+    """Ray workers do not run in the launcher's working directory."""
+    env, tmp = recipe_env
+    env = dict(env, ERC_MODEL_7B="./model", ERC_DATA_DIR="data", ERC_RUNS_DIR="runs")
+    out = subprocess.run(["bash", str(ROOT / "recipes" / "dapo_7b.sh")], env=env, cwd=tmp, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"actor_rollout_ref.model.path={tmp}/model data.train_files={tmp}/data/train.parquet" in out.stdout
+    assert f"trainer.default_local_dir={tmp}/runs/dapo_7b-seed1/checkpoints" in out.stdout
+
+
+def test_recipe_composes_as_launched(recipe_env):
+    """The overrides a recipe passes compose with its config (what `python -m verl_erc.main` gets)."""
+    env, tmp = recipe_env
+    out = run_recipe("kl_penalty_7b", env, "actor_rollout_ref.actor.kl_loss_coef=0.01")
+    words = next(line for line in out.stdout.splitlines() if line.startswith("command: ")).split()[6:]
+    cfg = load("kl_penalty_7b", overrides=words)
+    assert cfg.actor_rollout_ref.actor.kl_loss_coef == 0.01
+    assert cfg.trainer.default_local_dir == f"{tmp}/runs/kl_penalty_7b-seed1/checkpoints"
+    assert cfg.data.seed == 1 and cfg.actor_rollout_ref.rollout.seed == 1

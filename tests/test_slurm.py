@@ -1,0 +1,196 @@
+"""slurm/ against a real one-node Slurm (slurmctld + slurmd on localhost, tests/slurm/run_slurm_test.sh).
+
+The recipe's trainer is replaced by tests/slurm/fake_trainer.py (VERL_ERC_ENTRYPOINT), which
+joins the job's Ray cluster as verl's driver would; everything else is the real path:
+slurm/submit.sh -> sbatch -> slurm/erc_ray.sbatch -> srun ray start -> recipes/*.sh.
+Needs Debian's slurm-wlm (.ci/install_slurm.sh); skipped only when its binaries are absent.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+START = ROOT / "tests" / "slurm" / "run_slurm_test.sh"
+SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel")
+# ports apart from Ray's defaults, so a Ray started elsewhere on this machine cannot interfere
+RAY_PORTS = {
+    "ERC_RAY_PORT": "26379",
+    "ERC_RAY_NODE_MANAGER_PORT": "26380",
+    "ERC_RAY_OBJECT_MANAGER_PORT": "26381",
+    "ERC_RAY_METRICS_PORT": "26382",
+    "ERC_RAY_AGENT_GRPC_PORT": "26383",
+    "ERC_RAY_AGENT_HTTP_PORT": "26384",
+    "ERC_RAY_RUNTIME_ENV_PORT": "26385",
+    "ERC_RAY_CLIENT_PORT": "26386",
+    "ERC_RAY_MIN_WORKER_PORT": "27000",
+    "ERC_RAY_MAX_WORKER_PORT": "27499",
+}
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(
+        any(shutil.which(b) is None for b in SLURM_BINARIES),
+        reason="Slurm binaries (slurm-wlm) not installed: run .ci/install_slurm.sh",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running one-node Slurm; yields the environment for its clients. Stops it after."""
+    work = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run(["bash", str(START), "start", str(work)], capture_output=True, text=True)
+    assert started.returncode == 0, f"slurm did not start:\n{started.stdout}\n{started.stderr}"
+    env = dict(os.environ, SLURM_CONF=str(work / "etc" / "slurm.conf"))
+    try:
+        yield env, work
+    finally:
+        subprocess.run(["bash", str(START), "stop", str(work)], check=False)
+
+
+@pytest.fixture
+def job_env(slurm, tmp_path):
+    """Environment of a submission: fake model/data paths, a run root, the fake trainer."""
+    env, _ = slurm
+    # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's tmp_path
+    ray_tmp = tempfile.mkdtemp(prefix="ray_erc_test_", dir="/tmp")
+    (tmp_path / "model").mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val"):
+        (data / f"{split}.parquet").touch()
+    env = dict(
+        env,
+        **RAY_PORTS,
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+        ERC_MODEL_7B=str(tmp_path / "model"),
+        ERC_DATA_DIR=str(data),
+        ERC_RUNS_DIR=str(tmp_path / "runs"),
+        ERC_PYTHON=sys.executable,
+        ERC_RAY_TMP=ray_tmp,
+        VERL_ERC_ENTRYPOINT=f"{sys.executable} {ROOT / 'tests' / 'slurm' / 'fake_trainer.py'}",
+        ERC_SLURM_EXTRA_ARGS="--parsable",
+    )
+    yield env, tmp_path, Path(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def submit(env, logs: Path, *overrides: str) -> str:
+    out = subprocess.run(
+        [str(ROOT / "slurm" / "submit.sh"), "-N", "1", "-g", "0", "-t", "20", "-r", "60", "-l", str(logs),
+         "erc_dapo_7b", *overrides],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def job_field(env, job: str, field: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+    match = re.search(rf"\b{field}=(\S+)", out)
+    return match.group(1) if match else ""
+
+
+def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    text = log.read_text() if log and log.exists() else "(no log)"
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; job log:\n{text}")
+
+
+def ray_processes(ray_tmp: Path) -> list[str]:
+    """Command lines of live processes that belong to the Ray session under ``ray_tmp``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(ray_tmp) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def job_log(logs: Path, job: str) -> Path:
+    return logs / f"erc-erc_dapo_7b-{job}.out"
+
+
+def test_job_starts_ray_runs_recipe_and_tears_down(job_env):
+    env, tmp, ray_tmp = job_env
+    job = submit(env, tmp / "logs", "trainer.total_epochs=3")
+    log = job_log(tmp / "logs", job)
+    finished = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+    wait_for(lambda: job_field(env, job, "JobState") in finished, 300, "the job to finish", log)
+    text = log.read_text()
+
+    assert job_field(env, job, "JobState") == "COMPLETED", text
+    assert job_field(env, job, "ExitCode") == "0:0", text
+    steps = [
+        "starting Ray head on",
+        "[wait_for_ray] cluster ready: 1 node(s), 0 GPU(s) at 127.0.0.1:26379",
+        "running recipes/erc_dapo_7b.sh on",
+        "FAKE_TRAINER connected address=127.0.0.1:26379 nodes=1 auth=token restart=0",
+        "FAKE_TRAINER done",
+        "recipe finished with exit code 0",
+        "teardown: done (exit code 0)",
+    ]
+    positions = [text.find(step) for step in steps]
+    assert all(p >= 0 for p in positions), f"missing {[s for s, p in zip(steps, positions) if p < 0]}:\n{text}"
+    assert positions == sorted(positions), text
+    trainer_line = next(line for line in text.splitlines() if line.startswith("FAKE_TRAINER connected"))
+    # the allocation's shape first, then the user's override unchanged
+    assert "'trainer.nnodes=1', 'trainer.n_gpus_per_node=0', 'trainer.total_epochs=3'" in trainer_line
+    assert f"tensorboard={tmp}/runs/erc_dapo_7b-seed1/tensorboard" in trainer_line
+    assert ray_processes(ray_tmp) == []
+
+
+def test_requeue_tears_down_and_relaunches_the_same_run(job_env):
+    env, tmp, ray_tmp = job_env
+    env = dict(env, FAKE_TRAINER_HOLD="1")
+    job = submit(env, tmp / "logs")
+    log = job_log(tmp / "logs", job)
+    wait_for(lambda: log.exists() and "FAKE_TRAINER holding" in log.read_text(), 300, "the trainer to start", log)
+
+    running = ray_processes(ray_tmp)
+    head = [c for c in running if "ray start --head" in c]
+    assert head, f"no Ray head under {ray_tmp}: {running}"
+    assert "--include-dashboard=false" in head[0] and "--node-manager-port=26380" in head[0]
+    # token authentication: a client without the job's token is refused
+    intruder_env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    intruder_env["HOME"] = str(tmp)  # no ~/.ray/auth_token to fall back on
+    intruder = subprocess.run(
+        [sys.executable, "-c", "import ray; ray.init(address='127.0.0.1:26379'); print('INTRUDER CONNECTED')"],
+        env=intruder_env, capture_output=True, text=True, timeout=120,
+    )
+    assert "INTRUDER CONNECTED" not in intruder.stdout and intruder.returncode != 0, intruder.stdout + intruder.stderr
+
+    subprocess.run(["scontrol", "requeue", job], env=env, check=True)
+    wait_for(lambda: job_field(env, job, "JobState") == "PENDING", 120, "the requeued job to be pending", log)
+    assert ray_processes(ray_tmp) == []
+    first = log.read_text()
+    assert "received TERM/INT" in first and "teardown: stopping the driver and Ray" in first, first
+    # Slurm holds requeued jobs ~2 minutes (BeginTime); release it now
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", 300, "the relaunch to complete", log)
+    text = log.read_text()
+
+    assert f"job {job} (restart 1)" in text and "FAKE_TRAINER connected" in text.split(f"job {job} (restart 1)")[1]
+    assert "restart=1" in text and "FAKE_TRAINER done" in text and "teardown: done (exit code 0)" in text, text
+    launches = (tmp / "runs" / "erc_dapo_7b-seed1" / "launches.log").read_text().splitlines()
+    assert len(launches) == 2 and launches[1].split()[0].endswith(f"job{job}-restart1"), launches
+    # both launches train into the same checkpoint folder, so resume_mode=auto picks up the first's checkpoints
+    ckpt = f"trainer.default_local_dir={tmp}/runs/erc_dapo_7b-seed1/checkpoints"
+    assert all(ckpt in line for line in launches), launches
+    assert ray_processes(ray_tmp) == []
