@@ -9,12 +9,14 @@ import hydra
 from verl.trainer import main_ppo
 
 from verl_erc import __version__
+from verl_erc.cpu.preflight import preflight
 from verl_erc.trainer import erc_enabled, validate_erc_config
 
 
 @hydra.main(config_path="pkg://verl_erc.hydra_conf", config_name="erc_trainer", version_base=None)
 def main(config) -> None:
     validate_erc_config(config)
+    preflight(config)  # device selection and Ray resources, checked before anything starts
     erc = config.actor_rollout_ref.actor.get("erc")
     state = f"ERC on (beta_low={erc.beta_low}, beta_high={erc.beta_high})" if erc_enabled(config) else "ERC off"
     print(

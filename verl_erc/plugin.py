@@ -1,7 +1,8 @@
 """The ``verl.plugins`` entry point: registers verl-erc's pieces in verl's registries.
 
 verl imports this module in every process that imports verl, Ray workers included, so they all
-get the ``gppo`` policy loss, the FSDP engine's entropy hook and the ``erc_<mode>`` V1 trainers.
+get the ``gppo`` policy loss, the FSDP engine's entropy hook, the ``erc_<mode>`` V1 trainers and
+the CPU backend's registrations (:mod:`verl_erc.cpu`, active only when selected).
 verl swallows plugin import errors: ``python -m verl_erc --check`` shows whether it loaded.
 """
 
@@ -9,6 +10,7 @@ import logging
 
 import verl
 
+import verl_erc.cpu.platform  # noqa: F401  (first: the "cpu" platform must exist before verl's engine module resolves the device)
 from verl_erc import SUPPORTED_VERL_VERSIONS, __version__
 from verl_erc import engine, losses, trainer  # noqa: F401  (importing registers gppo and the entropy hook)
 

@@ -1,0 +1,56 @@
+"""Run a test script in a fresh Python process on verl's CPU platform and return what it reports.
+
+verl resolves its platform once per process, and the CPU backend installs its process-group shim
+when it activates; both would leak into every other test of a pytest session. Tests of the CPU
+backend therefore run their checks in a child process with ``VERL_PLATFORM=cpu``, which prints
+one JSON object as its last stdout line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def skip_if_gpu_visible() -> None:
+    """The CPU backend refuses machines where torch sees a CUDA device (by design)."""
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU backend refuses a machine with a visible CUDA device")
+
+
+def run_cpu_script(script: str, *, timeout: float = 600, env: dict[str, str] | None = None) -> dict:
+    """Run ``script`` with ``VERL_PLATFORM=cpu`` (a one-rank gloo group is ready to init) and return its JSON."""
+    skip_if_gpu_visible()
+    child_env = {
+        **os.environ,
+        "VERL_PLATFORM": "cpu",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"CPU test script failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

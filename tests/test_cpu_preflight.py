@@ -1,0 +1,129 @@
+"""The preflight: device selection and Ray resources, checked before anything starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from cpu_subprocess import run_cpu_script
+from hydra import compose, initialize_config_module
+
+from verl_erc.cpu.platform import CpuSelectedOnGpuMachineError
+from verl_erc.cpu.preflight import PreflightError, check_ray_resources, cpu_config_problems, preflight
+
+
+def demo_config(*overrides: str):
+    with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
+        return compose(config_name="cpu_demo", overrides=list(overrides))
+
+
+def test_demo_configs_pass():
+    for name in ("cpu_demo", "cpu_demo_baseline"):
+        with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
+            config = compose(config_name=name)
+        assert config.trainer.device == "cpu"
+        assert cpu_config_problems(config) == []
+        check_ray_resources(config)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
+        ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=hf"),
+        ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", "tensor_model_parallel_size=2"),
+        ("~actor_rollout_ref.model.override_config.attn_implementation", "attn_implementation=sdpa"),
+        ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels"),
+        ("trainer.v1.trainer_mode=erc_separate_async", "trainer_mode=erc_separate_async"),
+        ("critic.enable=true", "critic.strategy"),  # passes: the demo's critic is CPU-ready
+    ],
+)
+def test_each_cpu_problem_is_named_with_its_fix(override, named):
+    problems = cpu_config_problems(demo_config(override))
+    if override == "critic.enable=true":
+        assert problems == []
+        problems = cpu_config_problems(demo_config(override, "critic.strategy=fsdp"))
+    assert len(problems) == 1 and named in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["ray_kwargs.ray_init.num_cpus=5"], "ray_kwargs.ray_init.num_cpus"),
+        (["transfer_queue.backend.SimpleStorage.num_data_storage_units=8"], "num_data_storage_units=8"),
+        (["ray_kwargs.ray_init.num_gpus=0"], "ray_kwargs.ray_init.num_gpus to trainer.n_gpus_per_node"),
+        (["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2"], "2 bundles of 3 CPUs"),
+    ],
+)
+def test_ray_resource_shortfalls_fail_fast_with_every_consumer_listed(overrides, named):
+    with pytest.raises(PreflightError, match="wait for them forever") as error:
+        check_ray_resources(demo_config(*overrides))
+    assert named in str(error.value)
+    assert "TransferQueue controller" in str(error.value)
+
+
+def test_cuda_visible_devices_that_ray_would_refuse_is_named(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    config = demo_config()
+    from verl_erc.cpu import preflight as module
+
+    assert "unset it" in module._visible_devices_problems(config)[0]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert module._visible_devices_problems(config) == []
+
+
+def test_gpu_backend_without_a_gpu_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(PreflightError, match="torch sees no CUDA device"):
+        preflight(demo_config("trainer.device=cuda"))
+
+
+def test_cpu_backend_on_a_gpu_machine_is_refused(monkeypatch):
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)  # restored after the test
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(CpuSelectedOnGpuMachineError, match="torch sees 1 CUDA device"):
+        preflight(demo_config())
+
+
+def test_trainer_device_cpu_selects_the_platform_here_and_for_ray_workers():
+    report = run_cpu_script(
+        r"""
+        import json, os
+        import verl
+        from hydra import compose, initialize_config_module
+        from verl.plugin.platform import get_platform
+        from verl_erc.cpu.preflight import preflight
+
+        with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
+            config = compose(config_name="cpu_demo", overrides=["~ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM"])
+        before = os.environ.get("VERL_PLATFORM")
+        preflight(config)
+        print(json.dumps({
+            "before": before,
+            "env": os.environ.get("VERL_PLATFORM"),
+            "platform": type(get_platform()).__name__,
+            "worker_env": config.ray_kwargs.ray_init.runtime_env.env_vars.get("VERL_PLATFORM"),
+        }))
+        """,
+        env={"VERL_PLATFORM": ""},
+    )
+    assert report == {"before": "", "env": "cpu", "platform": "PlatformCPU", "worker_env": "cpu"}
+
+
+def test_entry_point_reports_a_bad_setting_instead_of_hanging(tmp_path):
+    """verl's default TransferQueue storage (8 units) would wait forever for Ray CPUs; the run exits with why."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl_erc.main", "--config-name", "cpu_demo",
+         "transfer_queue.backend.SimpleStorage.num_data_storage_units=8"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "num_data_storage_units=8" in proc.stderr + proc.stdout
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout  # failed before Ray started
+    assert time.monotonic() - start < 300

@@ -1,0 +1,67 @@
+"""CPU backend for verl's V1 trainer: run verl (and ERC) end to end on a laptop.
+
+Importing this package only registers, in verl's own registries:
+
+- the platform ``cpu`` (:mod:`verl_erc.cpu.platform`, ``PlatformRegistry``);
+- the rollout backend ``hf`` (:mod:`verl_erc.cpu.rollout`): the replica in
+  ``RolloutReplicaRegistry`` and the worker-side adapter in verl's ``_ROLLOUT_REGISTRY``;
+- the OmegaConf resolver ``erc_cpu.asset`` (paths of the demo's locally built model and data,
+  :mod:`verl_erc.cpu.assets`, built on first use).
+
+It starts nothing. The backend becomes active in a process when the CPU platform is selected
+(``VERL_PLATFORM=cpu`` in the environment, or :func:`activate`, which the preflight calls for
+``trainer.device=cpu``): then the CPU FSDP2 engines are registered (:mod:`verl_erc.cpu.engines`)
+and the process-group shim is installed (:mod:`verl_erc.cpu.shims`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import verl  # noqa: F401  (first: verl's plugin loading re-enters verl_erc.cpu.platform, see plugin.py)
+from omegaconf import OmegaConf
+
+from verl_erc.cpu.platform import PLATFORM_NAME, PlatformCPU  # registers the platform before the rest
+
+from verl.workers.rollout.base import _ROLLOUT_REGISTRY  # noqa: E402  (after the platform)
+from verl.workers.rollout.replica import RolloutReplicaRegistry  # noqa: E402
+
+from verl_erc.cpu.rollout import ROLLOUT_NAME, HFReplica  # noqa: E402
+
+PLATFORM_ENV = "VERL_PLATFORM"
+
+
+def _asset(name: str) -> str:
+    from verl_erc.cpu.assets import asset_path
+
+    return asset_path(name)
+
+
+RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFReplica)
+_ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "verl_erc.cpu.rollout.HFServerAdapter"
+OmegaConf.register_new_resolver("erc_cpu.asset", _asset, replace=True)
+
+
+def cpu_selected() -> bool:
+    """True when this process runs on the CPU platform (``VERL_PLATFORM=cpu``)."""
+    return os.environ.get(PLATFORM_ENV, "").strip().lower() == PLATFORM_NAME
+
+
+def activate() -> None:
+    """Select the CPU platform in this process (and, through the environment, in the Ray workers it starts).
+
+    Raises :class:`verl_erc.cpu.platform.CpuSelectedOnGpuMachineError` where a CUDA device is visible.
+    """
+    from verl.plugin.platform import get_platform, set_platform
+
+    os.environ[PLATFORM_ENV] = PLATFORM_NAME
+    if not isinstance(get_platform(), PlatformCPU):  # resolved earlier in this process (driver)
+        set_platform(PlatformCPU())
+
+    from verl_erc.cpu import engines, shims  # noqa: F401  (engines: registers the CPU engines)
+
+    shims.install_process_group_backend()
+
+
+if cpu_selected():
+    activate()

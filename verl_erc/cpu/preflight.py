@@ -1,0 +1,190 @@
+"""Checks a run's device and Ray resources before Ray starts, so bad settings fail fast and clearly.
+
+:func:`preflight` is called by ``python -m verl_erc.main`` before verl's entry point:
+
+- ``trainer.device=cpu`` selects the CPU platform here and in the Ray workers
+  (``VERL_PLATFORM=cpu``), refuses a machine with a visible CUDA device, and checks the settings
+  the CPU backend needs (fsdp2, sdpa attention, the ``hf`` rollout with one process per replica);
+- ``trainer.device=cuda`` on a machine without a CUDA device is refused (instead of verl silently
+  falling back to its nvidia platform and failing, or hanging, later);
+- for every device, the Ray CPUs and GPUs the job will hold (TransferQueue's controller and
+  storage units, verl's resource pools) are compared with what Ray will have. Ray otherwise waits
+  forever for a placement group it cannot place.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from verl_erc.cpu import PLATFORM_ENV, activate
+from verl_erc.cpu.platform import PLATFORM_NAME
+from verl_erc.cpu.rollout import ROLLOUT_NAME
+
+#: CPUs verl's ResourcePoolManager puts in each pool bundle (its default max_colocate_count)
+CPUS_PER_POOL_BUNDLE = 3
+#: a free Ray CPU for placing verl's default actors (task runner, agent-loop and reward workers,
+#: router): Ray needs one CPU available to place an actor, which then holds none
+SCHEDULING_HEADROOM_CPUS = 1
+
+
+class PreflightError(RuntimeError):
+    """The config cannot run on this machine; the message names the keys to change."""
+
+
+def preflight(config: DictConfig) -> None:
+    """Validate ``config`` against this machine and Ray's resources; select the CPU platform if asked."""
+    device = config.trainer.device
+    if device == PLATFORM_NAME:
+        activate()
+        _require_cpu_runtime_env(config)
+        problems = cpu_config_problems(config) + _visible_devices_problems(config)
+        if problems:
+            raise PreflightError("trainer.device=cpu cannot run as configured:\n  - " + "\n  - ".join(problems))
+    elif device == "cuda" and not torch.cuda.is_available() and not _external_cluster(config):
+        raise PreflightError(
+            "trainer.device=cuda but torch sees no CUDA device on this machine. To run on CPU, use the CPU "
+            "demo config (python -m verl_erc.main --config-name cpu_demo) or set trainer.device=cpu with its "
+            "settings (see hydra_conf/cpu_demo.yaml)."
+        )
+    check_ray_resources(config)
+
+
+def _external_cluster(config: DictConfig) -> bool:
+    """True when ray.init will join an existing cluster (``address`` set and not ``local``, or RAY_ADDRESS)."""
+    address = os.environ.get("RAY_ADDRESS") or OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
+    return bool(address) and address != "local"
+
+
+def _require_cpu_runtime_env(config: DictConfig) -> None:
+    """Make Ray workers select the CPU platform too (also when joining an existing Ray cluster)."""
+    with open_dict(config):
+        env_vars = config.ray_kwargs.ray_init.setdefault("runtime_env", {}).setdefault("env_vars", {})
+        env_vars[PLATFORM_ENV] = PLATFORM_NAME
+
+
+def _visible_devices_problems(config: DictConfig) -> list[str]:
+    """Ray refuses more GPUs than CUDA_VISIBLE_DEVICES lists, logical GPUs included."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = OmegaConf.select(config, "ray_kwargs.ray_init.num_gpus", default=None) or 0
+    if visible is None or _external_cluster(config) or len([d for d in visible.split(",") if d.strip()]) >= gpus:
+        return []
+    return [
+        f"CUDA_VISIBLE_DEVICES={visible!r} is set: Ray then refuses to start with the CPU backend's "
+        f"{gpus} logical GPU(s) (ray_kwargs.ray_init.num_gpus); unset it (env -u CUDA_VISIBLE_DEVICES ...)"
+    ]
+
+
+def cpu_config_problems(config: DictConfig) -> list[str]:
+    """Settings the CPU backend cannot run with, each as 'key=value: why; fix'."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    sel = OmegaConf.select
+    problems = []
+    strategies = {"actor_rollout_ref.actor.strategy": sel(config, "actor_rollout_ref.actor.strategy")}
+    if need_reference_policy(config):
+        strategies["actor_rollout_ref.ref.strategy"] = sel(config, "actor_rollout_ref.ref.strategy")
+    if need_critic(config):
+        strategies["critic.strategy"] = sel(config, "critic.strategy")
+    for key, value in strategies.items():
+        if value != "fsdp2":
+            problems.append(f"{key}={value}: FSDP1 refuses CPU parameters; set {key}=fsdp2")
+    models = {"actor_rollout_ref.model": sel(config, "actor_rollout_ref.model")}
+    if "critic.strategy" in strategies:
+        models["critic.model"] = sel(config, "critic.model")
+    for key, model in models.items():
+        attention = sel(model, "override_config.attn_implementation", default=None)
+        if attention not in ("sdpa", "eager"):
+            problems.append(
+                f"{key}.override_config.attn_implementation={attention}: verl defaults to flash_attention_2, "
+                f"which is CUDA-only; set +{key}.override_config.attn_implementation=sdpa"
+            )
+        if sel(model, "use_fused_kernels", default=False):
+            problems.append(f"{key}.use_fused_kernels=true: the fused kernels are GPU-only; set it to false")
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.name != ROLLOUT_NAME:
+        problems.append(
+            f"actor_rollout_ref.rollout.name={rollout.name}: the CPU rollout backend is "
+            f"'{ROLLOUT_NAME}' (transformers); set actor_rollout_ref.rollout.name={ROLLOUT_NAME}"
+        )
+    for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
+        if rollout.get(key, 1) != 1:
+            problems.append(f"actor_rollout_ref.rollout.{key}={rollout.get(key)}: the hf rollout needs 1; set it to 1")
+    if config.trainer.v1.trainer_mode.removeprefix("erc_") != "sync":
+        problems.append(
+            f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: the hf rollout runs colocated with the "
+            "actor (verl's naive weight sync); use the sync trainer (erc_sync / sync)"
+        )
+    return problems
+
+
+def ray_resource_needs(config: DictConfig) -> dict[str, dict[str, float]]:
+    """Ray CPUs/GPUs the job holds, per consumer: ``{consumer: {"CPU": n, "GPU": n}}``."""
+    from verl.trainer.ppo.utils import need_teacher_policy
+
+    sel = OmegaConf.select
+    bundles = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    needs = {
+        f"verl resource pool (trainer.nnodes x trainer.n_gpus_per_node = {bundles} bundles of "
+        f"{CPUS_PER_POOL_BUNDLE} CPUs + 1 GPU)": {"CPU": CPUS_PER_POOL_BUNDLE * bundles, "GPU": bundles}
+    }
+    if sel(config, "reward.reward_model.enable_resource_pool", default=False):
+        rm = config.reward.reward_model.n_gpus_per_node * config.reward.reward_model.nnodes
+        needs["reward model pool"] = {"CPU": CPUS_PER_POOL_BUNDLE * rm, "GPU": rm}
+    if need_teacher_policy(config):
+        teacher = config.distillation.n_gpus_per_node * config.distillation.nnodes
+        needs["distillation teacher pool"] = {"CPU": CPUS_PER_POOL_BUNDLE * teacher, "GPU": teacher}
+    needs["TransferQueue controller"] = {"CPU": 1, "GPU": 0}
+    if sel(config, "transfer_queue.backend.storage_backend", default="SimpleStorage") == "SimpleStorage":
+        units = sel(config, "transfer_queue.backend.SimpleStorage.num_data_storage_units", default=1)
+        needs[
+            f"TransferQueue storage units (transfer_queue.backend.SimpleStorage.num_data_storage_units={units}, 1 CPU each)"
+        ] = {"CPU": units, "GPU": 0}
+    needs["free CPU to place verl's other actors"] = {"CPU": SCHEDULING_HEADROOM_CPUS, "GPU": 0}
+    return needs
+
+
+def ray_resources_available(config: DictConfig) -> dict[str, float] | None:
+    """CPUs/GPUs Ray will have: the running cluster's, else what ``ray.init`` will get from the config."""
+    import ray
+
+    if ray.is_initialized():
+        resources = ray.cluster_resources()
+        return {"CPU": resources.get("CPU", 0), "GPU": resources.get("GPU", 0) + resources.get("NPU", 0)}
+    if _external_cluster(config):
+        return None  # an existing cluster: unknown until connected; verl's own check applies
+    ray_init = config.ray_kwargs.ray_init
+    cpus = ray_init.get("num_cpus") or os.cpu_count()
+    gpus = ray_init.get("num_gpus")
+    if gpus is None:
+        gpus = torch.cuda.device_count()
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def check_ray_resources(config: DictConfig) -> None:
+    """Raise :class:`PreflightError` listing every consumer when Ray would not have enough CPUs or GPUs."""
+    available = ray_resources_available(config)
+    if available is None:
+        return
+    needs = ray_resource_needs(config)
+    totals = {r: sum(n[r] for n in needs.values()) for r in ("CPU", "GPU")}
+    if all(totals[r] <= available[r] for r in totals):
+        return
+    lines = [f"{name}: {n['CPU']:g} CPU, {n['GPU']:g} GPU" for name, n in needs.items()]
+    gpu_hint = (
+        " On the CPU backend the GPUs are Ray logical resources, one per training process: set "
+        "ray_kwargs.ray_init.num_gpus to trainer.n_gpus_per_node."
+        if config.trainer.device == PLATFORM_NAME
+        else ""
+    )
+    raise PreflightError(
+        "Ray would not have the resources this job holds, and would wait for them forever: it needs "
+        + ", ".join(f"{totals[r]:g} {r}" for r in totals)
+        + f" but has {available['CPU']:g} CPU, {available['GPU']:g} GPU.\n  - "
+        + "\n  - ".join(lines)
+        + "\nRaise ray_kwargs.ray_init.num_cpus (Ray's CPUs are logical: more than the machine's cores is fine), "
+        "or lower the consumers above."
+        + gpu_hint
+    )
