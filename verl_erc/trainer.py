@@ -10,6 +10,9 @@ registers an ``erc_<name>`` variant (:class:`ErcTrainerMixin` + verl's class). W
 3. flags each actor update (``batch.extra_info``) so the engine's entropy hook
    (:mod:`verl_erc.engine`) computes the current entropy.
 
+With ERC on or off, it prints where the run's metrics and checkpoints go when training starts and
+one line per training step (:func:`step_summary`), beside verl's full console metrics.
+
 The old-policy entropy needs no wiring: verl's V1 trainer already stores it as the field
 ``entropy`` beside ``old_log_probs`` in the old-log-prob pass, and it reaches the loss's data.
 """
@@ -17,6 +20,7 @@ The old-policy entropy needs no wiring: verl's V1 trainer already stores it as t
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 
 from hydra.utils import get_class
@@ -32,6 +36,27 @@ from verl_erc.losses import erc_ppo_loss
 logger = logging.getLogger(__name__)
 
 ERC_TRAINER_PREFIX = "erc_"
+
+
+#: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
+SUMMARY_FIELDS = (
+    ("reward", "critic/score/mean", ".3f"),
+    ("entropy", "actor/entropy", ".3f"),
+    ("pg_clipfrac", "actor/pg_clipfrac", ".4f"),
+    ("erc_clipfrac", "actor/erc_clipfrac", ".4f"),
+    ("high", "actor/erc_clipfrac_high", ".4f"),
+    ("low", "actor/erc_clipfrac_low", ".4f"),
+    ("rho", "actor/erc_ratio_mean", ".3f"),
+    ("grad_norm", "actor/grad_norm", ".3g"),
+    ("step_s", "timing_s/step", ".1f"),
+)
+
+
+def step_summary(metrics: dict, step: int, total_steps: int) -> str:
+    """One line with a training step's reward, entropy, PPO and ERC clip fractions (and validation scores)."""
+    parts = [f"{label} {metrics[key]:{fmt}}" for label, key, fmt in SUMMARY_FIELDS if key in metrics]
+    parts += [f"{key} {value:.3f}" for key, value in sorted(metrics.items()) if key.startswith("val-core/")]
+    return f"verl_erc step {step}/{total_steps} | " + " | ".join(parts)
 
 
 def erc_enabled(config: DictConfig) -> bool:
@@ -97,6 +122,21 @@ class ErcTrainerMixin:
                 erc.beta_high,
                 self._erc_actor_config.policy_loss.loss_mode,
             )
+
+    def on_train_begin(self):
+        super().on_train_begin()
+        file_logger = self.logger.logger.get("file")
+        metrics_file = os.path.abspath(file_logger.filepath) if file_logger else "not written (add 'file' to trainer.logger)"
+        print(
+            f"verl_erc: training steps {self.global_steps}..{self.total_training_steps}; metrics: {metrics_file}; "
+            f"checkpoints: {os.path.abspath(self.config.trainer.default_local_dir)} "
+            f"(every {self.config.trainer.save_freq} steps, resume_mode={self.config.trainer.resume_mode})",
+            flush=True,
+        )
+
+    def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
+        print(step_summary(metrics, global_steps, self.total_training_steps), flush=True)
 
     def _update_actor(self, batch, metrics):
         if self._erc_actor_config is not None:
