@@ -53,11 +53,12 @@ class ErcEntropyMixin:
         unit_temperature = output_args.get("temperature_is_one", False)
         if tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True):
             temperature = None if unit_temperature else output_args["temperature_rmpad"]
-            entropy = entropy_no_grad(logits.squeeze(0), temperature, chunk_size)  # (total_nnz / sp + pad,)
+            # (total_nnz / sp + pad,); verl's own entropy function (compiled with use_torch_compile), as for H_old
+            entropy = entropy_no_grad(logits.squeeze(0), temperature, chunk_size, entropy_fn=self.compute_entropy_from_logits)
             entropy = self._gather_and_unpad_packed(entropy, output_args["pad_size"])
         else:
             temperature = None if unit_temperature else output_args["temperature"].unsqueeze(-1)
-            entropy = entropy_no_grad(logits, temperature, chunk_size)  # (bsz, max_seq_len)
+            entropy = entropy_no_grad(logits, temperature, chunk_size, entropy_fn=self.compute_entropy_from_logits)
             lengths = cu_seqlens.diff()
             valid = torch.arange(entropy.shape[1], device=entropy.device) < lengths.unsqueeze(1)
             entropy = entropy[valid]
