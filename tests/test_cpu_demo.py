@@ -1,0 +1,38 @@
+"""``python -m verl_erc.cpu.demo``: its commands and its argument checks (the runs: test_cpu_e2e.py)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from verl_erc.cpu import demo
+
+
+def test_each_run_writes_its_metrics_and_checkpoints_under_out_and_overrides_come_last(tmp_path):
+    cmd = demo.run_command("cpu_demo", "erc_dapo", tmp_path, ["trainer.total_training_steps=3"])
+    assert cmd[:5] == [sys.executable, "-m", "verl_erc.main", "--config-name", "cpu_demo"]
+    assert f"trainer.default_local_dir={tmp_path / 'erc_dapo' / 'checkpoints'}" in cmd
+    assert f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={tmp_path / 'erc_dapo.jsonl'}" in cmd
+    assert cmd[-1] == "trainer.total_training_steps=3"
+
+
+def test_runs_are_named_so_that_compare_pairs_them():
+    from verl_erc.compare import pair_runs
+
+    names = [experiment for _, experiment in demo.RUNS]
+    assert pair_runs(names, []) == {"erc_dapo": "dapo"}
+    assert [config for config, _ in demo.RUNS] == ["cpu_demo_baseline", "cpu_demo"]
+
+
+def test_an_existing_out_directory_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_an_unknown_option_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "new"), "--steps=3"])
+    assert "key=value" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
