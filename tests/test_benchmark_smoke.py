@@ -1,0 +1,74 @@
+"""benchmarks/erc_overhead.py runs end to end (tiny shape, CPU) and writes a complete JSON report.
+
+Nothing is timed against a threshold here: CI only checks that the benchmark works.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "benchmarks", "erc_overhead.py")
+
+
+def test_benchmark_script_end_to_end(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--shape", "tiny", "--tokens", "64", "96", "--repeats", "1", "--warmup", "1",
+         "--json-out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=str(tmp_path),
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "erc/baseline" in proc.stdout and "naive/baseline" in proc.stdout
+
+    report = json.loads(out.read_text())
+    env = report["env"]
+    for key in ("torch", "verl", "transformers", "cpu_model", "date_utc", "torch_threads"):
+        assert env.get(key), key
+    assert report["config"]["device"] == "cpu" and report["config"]["vocab"] == 512
+
+    assert [r["tokens"] for r in report["results"]] == [64, 96]
+    for res in report["results"]:
+        assert res["erc_functions"] == "verl_erc.entropy + verl_erc.losses"
+        assert set(res["variants"]) == {"baseline", "erc", "naive"}
+        for name, row in res["variants"].items():
+            assert row["time_s_median"] > 0 and len(row["time_s_all"]) == 1, name
+            assert row["peak_mem_bytes"] > row["mem_before_step_bytes"] > 0, name
+            assert set(row["phases_s_median"]) == {"forward_logprob_s", "entropy_s", "loss_s", "backward_s"}
+        for name in ("erc", "naive"):
+            # first on-policy step: current entropy == verl's old-pass entropy, so the ratio is 1
+            assert res["variants"][name]["onpolicy_max_abs_ratio_minus_1"] < 1e-5
+            assert 0.0 < res["variants"][name]["erc_clipfrac"] < 1.0
+        for name in ("erc/baseline", "naive/baseline"):
+            ratios = res["ratios"][name]
+            for key in ("time", "cpu_time", "peak_mem", "step_mem"):
+                assert isinstance(ratios[key], float) and ratios[key] > 0, (name, key)
+
+    targets = report["targets_at_largest_tokens"]
+    assert targets["tokens"] == 96
+    assert {"erc_time_ratio", "erc_mem_ratio", "erc_mem_below_naive", "all_ok"} <= set(targets)
+
+
+def test_entropy_variants_script_end_to_end(tmp_path):
+    """benchmarks/entropy_variants.py: every variant runs, and the package's path equals verl's bit for bit."""
+    out = tmp_path / "variants.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "entropy_variants.py"), "--tokens", "64", "--vocab", "512",
+         "--repeats", "1", "--json-out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["results"]}
+    assert {"verl_unchunked", "pkg", "pkg_v0_chunk256"} <= set(rows)
+    assert rows["pkg"]["values"] == "bitwise" and rows["verl_unchunked"]["values"] == "bitwise"
+    for name, row in rows.items():
+        assert row["wall_s_median"] > 0 and row["transient_bytes"] is not None, name
