@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from verl_erc.analysis import RECORD_FIELDS
+from verl_erc.runlogs import first_json_object
 
 
 class TokenRecordError(ValueError):
@@ -29,13 +30,8 @@ class TokenRecordError(ValueError):
 
 
 def _is_token_file(path: Path) -> bool:
-    with path.open("rb") as fp:
-        first = fp.readline()
-    try:
-        record = json.loads(first)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and set(RECORD_FIELDS) <= set(record)
+    record = first_json_object(path)
+    return record is not None and set(RECORD_FIELDS) <= set(record)
 
 
 def load_tokens(run: Path) -> pd.DataFrame:

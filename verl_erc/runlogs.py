@@ -48,14 +48,20 @@ class RunLog:
     scalars: pd.DataFrame
 
 
-def _is_file_logger_jsonl(path: Path) -> bool:
+def first_json_object(path: Path) -> dict | None:
+    """The JSON object on the first line of ``path``, or None when that line is not one."""
     with path.open("rb") as fp:
         first = fp.readline()
     try:
         record = json.loads(first)
     except ValueError:
-        return False
-    return isinstance(record, dict) and isinstance(record.get("step"), int) and isinstance(record.get("data"), dict)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _is_file_logger_jsonl(path: Path) -> bool:
+    record = first_json_object(path)
+    return record is not None and isinstance(record.get("step"), int) and isinstance(record.get("data"), dict)
 
 
 def find_metric_files(run: Path) -> tuple[list[Path], list[Path]]:
