@@ -124,3 +124,26 @@ def test_checkpoint_written_and_resumed_run_continues_the_global_step(runs):
     data = runs["resumed"][3]
     assert all(key in data for key in ERC_METRICS)
     assert data["training/rollout_probs_diff_max"] < 1e-3  # the restored weights reached the rollout
+
+
+def test_two_fsdp2_ranks_with_critic_and_reference_model(tmp_path_factory):
+    """The switches cpu_demo_base.yaml documents: 2 FSDP2 ranks, a GAE critic, a KL loss to the ref model, with ERC."""
+    skip_if_gpu_visible()
+    cwd, cache = tmp_path_factory.mktemp("run2"), tmp_path_factory.mktemp("cache2")
+    out = cwd / "out"
+    out.mkdir()  # verl's file logger opens VERL_FILE_LOGGER_PATH without creating its folder (the demo does)
+    cmd = run_command("cpu_demo", "erc_dapo", out, [
+        *SHORT, "trainer.total_training_steps=2", "trainer.save_freq=-1",
+        "trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_cpus=9",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "critic.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16",
+        "actor_rollout_ref.actor.use_kl_loss=true", "critic.enable=true", "algorithm.adv_estimator=gae",
+    ])
+    log = run(cmd, cwd, cache)
+    assert "ERC loss installed in the actor workers" in log
+    steps = metrics(out / "erc_dapo.jsonl")
+    assert sorted(steps) == [1, 2]
+    for step, data in steps.items():
+        for key in [*ERC_METRICS, "critic/vf_loss", "actor/kl_loss"]:
+            assert key in data and math.isfinite(data[key]), (step, key)
+        assert data["training/rollout_probs_diff_max"] < 1e-3
