@@ -249,13 +249,9 @@ class _Bench:
 
 
 def _rss_bytes() -> int:
-    try:
-        import psutil
+    import psutil
 
-        return psutil.Process().memory_info().rss
-    except ImportError:  # pragma: no cover
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return psutil.Process().memory_info().rss
 
 
 def _peak_rss_bytes() -> int:

@@ -9,21 +9,26 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "benchmarks", "erc_overhead.py")
+
+
+def run_benchmark(script: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>`` on the CPU; assert it exits 0."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=str(cwd),
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
 
 
 def test_benchmark_script_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, "--shape", "tiny", "--tokens", "64", "96", "--repeats", "1", "--warmup", "1",
-         "--json-out", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=str(tmp_path),
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    proc = run_benchmark("erc_overhead.py", ["--shape", "tiny", "--tokens", "64", "96", "--repeats", "1",
+                                             "--warmup", "1", "--json-out", str(out), "--quiet"], tmp_path)
     assert "erc/baseline" in proc.stdout and "naive/baseline" in proc.stdout
 
     report = json.loads(out.read_text())
@@ -57,16 +62,8 @@ def test_benchmark_script_end_to_end(tmp_path):
 def test_entropy_variants_script_end_to_end(tmp_path):
     """benchmarks/entropy_variants.py: every variant runs, and the package's path equals verl's bit for bit."""
     out = tmp_path / "variants.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "entropy_variants.py"), "--tokens", "64", "--vocab", "512",
-         "--repeats", "1", "--json-out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(tmp_path),
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    run_benchmark("entropy_variants.py", ["--tokens", "64", "--vocab", "512", "--repeats", "1", "--json-out", str(out)],
+                  tmp_path)
     rows = {row["variant"]: row for row in json.loads(out.read_text())["results"]}
     assert {"verl_unchunked", "pkg", "pkg_v0_chunk256"} <= set(rows)
     assert rows["pkg"]["values"] == "bitwise" and rows["verl_unchunked"]["values"] == "bitwise"

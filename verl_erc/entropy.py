@@ -91,13 +91,12 @@ def entropy_no_grad(
     """
     if entropy_fn is None:
         entropy_fn = entropy_from_logits
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     vocab = logits.shape[-1]
     lead_shape = logits.shape[:-1]
     # A 2-D input is sliced in place (no copy even if it is a non-contiguous view).
     rows = logits if logits.dim() == 2 else logits.reshape(-1, vocab)
     n_rows = rows.shape[0]
+    step = effective_chunk_rows(vocab, chunk_size, rows.device)  # raises ValueError for chunk_size <= 0
 
     temps = None
     if isinstance(temperature, torch.Tensor):
@@ -108,7 +107,6 @@ def entropy_no_grad(
     elif temperature is not None and float(temperature) != 1.0:
         temps = torch.full((n_rows,), float(temperature), device=rows.device)
 
-    step = effective_chunk_rows(vocab, chunk_size, rows.device)
     out = None  # allocated from the first chunk's dtype (fp32 under bf16 CUDA autocast, as in verl)
     for start, end in _chunk_bounds(n_rows, step):
         block = rows[start:end]
