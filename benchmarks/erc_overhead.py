@@ -17,6 +17,12 @@ Extra variants for comparing entropy paths (``--variants``): ``erc_chunk256`` (v
 ``entropy_from_logits`` per 256-row chunk, i.e. ``entropy_no_grad`` before the CPU chunk cap) and
 ``erc_unchunked`` (verl's ``entropy_from_logits`` on the whole tensor under ``no_grad``).
 
+With an entropy bonus (``entropy_coeff != 0``, ``--variants bonus erc_bonus erc_bonus_twice``;
+ratios against ``bonus``): ``bonus`` is DAPO plus verl's entropy bonus (verl computes the current
+entropy with its graph), ``erc_bonus`` adds ERC reusing that entropy, detached (what the entropy
+hook does), ``erc_bonus_twice`` adds ERC with a second, no-grad entropy pass (the hook before it
+reused verl's).
+
 The log-probs follow verl's FSDP engine: ``logprobs_from_logits`` on the rmpad logits
 ``[total_nnz, vocab]`` at temperature 1 (``inplace_backward=False`` when the entropy is computed
 with its graph, as the engine does). The model is ``transformers.Qwen2ForCausalLM`` built from a
@@ -59,7 +65,13 @@ if importlib.util.find_spec("verl_erc") is None:  # run from a source checkout w
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DEFAULT_VARIANTS = ("baseline", "erc", "naive")
-ALL_VARIANTS = DEFAULT_VARIANTS + ("erc_chunk256", "erc_unchunked")
+BONUS_VARIANTS = ("bonus", "erc_bonus", "erc_bonus_twice")
+ALL_VARIANTS = DEFAULT_VARIANTS + ("erc_chunk256", "erc_unchunked") + BONUS_VARIANTS
+#: the variant each one's ratios are taken against (default: baseline)
+REFERENCE = {"erc_bonus": "bonus", "erc_bonus_twice": "bonus"}
+#: variants in which verl computes the current entropy with its autograd graph (calculate_entropy=True)
+GRAPH_ENTROPY_VARIANTS = ("naive",) + BONUS_VARIANTS
+ENTROPY_COEFF = 1e-3  # the paper's entropy-regularisation ablation (Fig. 7)
 SHAPES = {
     # DeepSeek-R1-Distill-Qwen-1.5B (Qwen2 architecture): 28 layers; pass --layers to override.
     "r1-distill-1.5b": dict(hidden=1536, intermediate=8960, heads=12, kv_heads=2, vocab=151936, layers=28),
@@ -177,19 +189,21 @@ class _Bench:
         if self.cuda:
             self.torch.cuda.synchronize()
 
-    def _current_entropy(self, variant: str, logits):
+    def _entropies(self, variant: str, logits):
+        """(verl's graph-carrying current entropy or None, the entropy ERC's mask uses or None)."""
         torch, verl_F = self.torch, self.verl_F
-        if variant == "erc":
-            return self.entropy_no_grad(logits, None, self.spec["chunk_size"])
+        graph = verl_F.entropy_from_logits(logits) if variant in GRAPH_ENTROPY_VARIANTS else None
+        if variant in ("erc", "erc_bonus_twice"):
+            return graph, self.entropy_no_grad(logits, None, self.spec["chunk_size"])
         if variant == "erc_chunk256":  # verl_erc.entropy before the CPU chunk cap
             with torch.no_grad():
-                return torch.cat([verl_F.entropy_from_logits(c) for c in logits.split(256)])
+                return None, torch.cat([verl_F.entropy_from_logits(c) for c in logits.split(256)])
         if variant == "erc_unchunked":
             with torch.no_grad():
-                return verl_F.entropy_from_logits(logits)
-        if variant == "naive":  # verl's calculate_entropy=True path: graph attached
-            return verl_F.entropy_from_logits(logits)
-        return None
+                return None, verl_F.entropy_from_logits(logits)
+        if variant in ("naive", "erc_bonus"):  # the mask from verl's own entropy
+            return graph, graph.detach()
+        return graph, None
 
     def step(self, variant: str, onpolicy: bool = False) -> dict:
         """One micro-batch step; returns wall/CPU time of each phase (seconds)."""
@@ -201,10 +215,11 @@ class _Bench:
         with self._autocast_ctx():
             out = self.model(input_ids=self.input_ids, position_ids=self.position_ids, use_cache=False)
             logits = out.logits.squeeze(0)  # rmpad logits (total_nnz, vocab); temperature 1: no scaling
-            log_probs = self.verl_F.logprobs_from_logits(logits, self.labels, inplace_backward=(variant != "naive"))
+            graph_entropy_on = variant in GRAPH_ENTROPY_VARIANTS
+            log_probs = self.verl_F.logprobs_from_logits(logits, self.labels, inplace_backward=not graph_entropy_on)
             self._sync()
             t1 = time.perf_counter()
-            entropy = self._current_entropy(variant, logits)
+            graph_entropy, entropy = self._entropies(variant, logits)
             self._sync()
             t2 = time.perf_counter()
             log_prob = log_probs[P:].unsqueeze(0)  # response part (ppo_loss: no_padding_2_padding)
@@ -226,17 +241,17 @@ class _Bench:
                 config=self.actor_config,
                 rollout_is_weights=None,
             )
-            if variant == "naive":  # verl ppo_loss with calculate_entropy=True, entropy_coeff=0
+            if graph_entropy is not None:  # verl ppo_loss with calculate_entropy=True: - entropy_coeff * entropy_loss
                 entropy_loss = self.agg_loss(
-                    loss_mat=entropy[P:].unsqueeze(0), loss_mask=self.response_mask, loss_agg_mode="token-mean"
+                    loss_mat=graph_entropy[P:].unsqueeze(0), loss_mask=self.response_mask, loss_agg_mode="token-mean"
                 )
-                loss = loss - 0.0 * entropy_loss
+                loss = loss - (0.0 if variant == "naive" else ENTROPY_COEFF) * entropy_loss
         self._sync()
         t3 = time.perf_counter()
         loss.backward()
         self._sync()
         t4, c4 = time.perf_counter(), time.process_time()
-        del out, logits, log_probs, entropy, loss
+        del out, logits, log_probs, entropy, graph_entropy, loss
         info.update(
             time_s=t4 - t0,
             cpu_s=c4 - c0,
@@ -480,31 +495,30 @@ def aggregate(tokens: int, timing: dict | None, memory: dict, variants) -> dict:
                 memory_process_step_s=[s["time_s"] for s in m["steps"]],
             )
         out["variants"][v] = row
-    base = out["variants"].get("baseline")
     out["ratios"] = {}
-    if base:
-        for v in variants:
-            if v == "baseline":
-                continue
-            row = out["variants"][v]
-            paired = extra = None
-            if timing is not None:
-                # rounds run the variants back to back, so a round's ratio sees the same machine load
-                b_runs, v_runs = timing["runs"]["baseline"], timing["runs"][v]
-                paired = _med([x["time_s"] / y["time_s"] for x, y in zip(v_runs, b_runs)])
-                # the variants differ only in the entropy phase (+ the O(tokens) mask): its median
-                # over the baseline's median step, a low-noise estimate of the overhead
-                extra = 1.0 + (row["phases_s_median"]["entropy_s"] - base["phases_s_median"]["entropy_s"]) / base[
-                    "time_s_median"
-                ]
-            out["ratios"][f"{v}/baseline"] = {
-                "time": _ratio(row.get("time_s_median"), base.get("time_s_median")),
-                "time_paired_median": paired,
-                "time_from_entropy_phase": extra,
-                "cpu_time": _ratio(row.get("cpu_s_median"), base.get("cpu_s_median")),
-                "peak_mem": _ratio(row.get("peak_mem_bytes"), base.get("peak_mem_bytes")),
-                "step_mem": _ratio(row.get("step_mem_bytes"), base.get("step_mem_bytes")),
-            }
+    for v in variants:
+        ref = REFERENCE.get(v, "baseline")
+        if v == ref or ref not in out["variants"]:
+            continue
+        row, base = out["variants"][v], out["variants"][ref]
+        paired = extra = None
+        if timing is not None:
+            # rounds run the variants back to back, so a round's ratio sees the same machine load
+            b_runs, v_runs = timing["runs"][ref], timing["runs"][v]
+            paired = _med([x["time_s"] / y["time_s"] for x, y in zip(v_runs, b_runs)])
+            # the variants differ only in the entropy phase (+ the O(tokens) mask): its median
+            # over the reference's median step, a low-noise estimate of the overhead
+            extra = 1.0 + (row["phases_s_median"]["entropy_s"] - base["phases_s_median"]["entropy_s"]) / base[
+                "time_s_median"
+            ]
+        out["ratios"][f"{v}/{ref}"] = {
+            "time": _ratio(row.get("time_s_median"), base.get("time_s_median")),
+            "time_paired_median": paired,
+            "time_from_entropy_phase": extra,
+            "cpu_time": _ratio(row.get("cpu_s_median"), base.get("cpu_s_median")),
+            "peak_mem": _ratio(row.get("peak_mem_bytes"), base.get("peak_mem_bytes")),
+            "step_mem": _ratio(row.get("step_mem_bytes"), base.get("step_mem_bytes")),
+        }
     return out
 
 
@@ -594,8 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
-    if "baseline" not in args.variants:
-        args.variants = ["baseline"] + list(args.variants)
+    for v in list(args.variants):  # each variant's reference runs too
+        ref = REFERENCE.get(v, "baseline")
+        if ref not in args.variants:
+            args.variants = [ref] + list(args.variants)
     shape = dict(SHAPES[args.shape])
     if args.layers is None and args.device == "cpu":
         shape["layers"] = min(shape["layers"], DEFAULT_CPU_LAYERS)

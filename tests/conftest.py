@@ -7,8 +7,8 @@ import verl_erc.plugin  # noqa: F401  (registers gppo etc. even if the entry poi
 from verl_erc.config import ErcConfig, ErcFSDPActorConfig
 
 
-def make_actor_config(loss_mode: str = "vanilla", erc: bool = True, **overrides) -> ErcFSDPActorConfig:
-    """An actor config as the workers get it, for calling losses directly."""
+def make_actor_config(loss_mode: str = "vanilla", erc: bool | ErcConfig = True, **overrides) -> ErcFSDPActorConfig:
+    """An actor config as the workers get it, for calling losses directly (``erc``: on/off with the paper's band, or a config)."""
     policy_loss = PolicyLossConfig(loss_mode=loss_mode, dro_beta=0.1 if loss_mode == "dro" else None)
     kwargs = dict(
         strategy="fsdp2",
@@ -17,7 +17,7 @@ def make_actor_config(loss_mode: str = "vanilla", erc: bool = True, **overrides)
         clip_ratio_low=0.2,
         clip_ratio_high=0.28,
         policy_loss=policy_loss,
-        erc=ErcConfig(enable=erc, beta_low=0.05, beta_high=0.05),
+        erc=erc if isinstance(erc, ErcConfig) else ErcConfig(enable=erc, beta_low=0.05, beta_high=0.05),
     )
     kwargs.update(overrides)
     return ErcFSDPActorConfig(**kwargs)

@@ -69,3 +69,25 @@ def test_entropy_variants_script_end_to_end(tmp_path):
     assert rows["pkg"]["values"] == "bitwise" and rows["verl_unchunked"]["values"] == "bitwise"
     for name, row in rows.items():
         assert row["wall_s_median"] > 0 and row["transient_bytes"] is not None, name
+
+
+def test_bonus_variants_are_measured_against_the_entropy_bonus(tmp_path):
+    """erc_overhead.py with an entropy bonus: ERC reusing verl's entropy vs computing it a second time."""
+    out = tmp_path / "bonus.json"
+    proc = run_benchmark("erc_overhead.py", ["--shape", "tiny", "--tokens", "64", "--repeats", "1", "--no-memory",
+                                             "--variants", "erc_bonus", "erc_bonus_twice", "--json-out", str(out), "--quiet"], tmp_path)
+    assert "erc_bonus/bonus" in proc.stdout and "erc_bonus_twice/bonus" in proc.stdout
+    (res,) = json.loads(out.read_text())["results"]
+    assert set(res["variants"]) == {"bonus", "erc_bonus", "erc_bonus_twice"}  # each with its reference
+    # the same ERC mask either way: reuse changes the cost, not the decision
+    assert res["variants"]["erc_bonus"]["erc_clipfrac"] == res["variants"]["erc_bonus_twice"]["erc_clipfrac"]
+
+
+def test_tp_entropy_script_end_to_end(tmp_path):
+    """benchmarks/tp_entropy.py: 2 gloo ranks; gathered and sharded entropies agree."""
+    out = tmp_path / "tp.json"
+    run_benchmark("tp_entropy.py", ["--tokens", "64", "--vocab", "4096", "--repeats", "1", "--json-out", str(out)], tmp_path)
+    (res,) = json.loads(out.read_text())["results"]
+    gather, sharded = res["variants"]["gather"], res["variants"]["sharded"]
+    assert abs(gather["mean_entropy"] - sharded["mean_entropy"]) < 1e-5
+    assert res["sharded/gather"]["time"] > 0

@@ -27,7 +27,7 @@ def compose_erc(overrides=()):
 
 def test_defaults_compose_and_convert():
     cfg = compose_erc(["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
-    assert cfg.trainer.v1.trainer_mode == "erc_sync"
+    assert cfg.trainer.v1.trainer_mode == "sync"  # verl's own mode name
     erc = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor.erc)
     assert isinstance(erc, ErcConfig)
     assert (erc.enable, erc.beta_low, erc.beta_high, erc.entropy_eps) == (False, 0.05, 0.05, 1e-6)
@@ -70,7 +70,7 @@ def test_bad_value_from_the_command_line_names_the_key():
     [
         ("algorithm.rollout_correction.bypass_mode=true", "bypass_mode=true skips the old-log-prob recompute"),
         ("trainer.use_v1=false", "legacy trainer discards the old-policy entropy"),
-        ("trainer.v1.trainer_mode=sync", "set trainer.v1.trainer_mode=erc_sync"),
+        ("trainer.v1.trainer_mode=my_mode", "trainer_mode=my_mode is not a verl trainer that verl_erc wires ERC into"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=true never materialises the logits"),
     ],
 )
@@ -112,4 +112,5 @@ def test_plugin_loads_through_verl_entry_point():
     out = subprocess.run([sys.executable, "-m", "verl_erc", "--check"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert '"loaded_by_entry_point": true' in out.stdout
-    assert '"gppo"' in out.stdout and '"erc_sync"' in out.stdout
+    assert '"gppo"' in out.stdout
+    assert '"erc_trainer_modes": [\n    "colocate_async",\n    "separate_async",\n    "sync"\n  ]' in out.stdout

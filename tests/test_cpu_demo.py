@@ -36,3 +36,18 @@ def test_an_unknown_option_is_refused(tmp_path, capsys):
         demo.main(["--out", str(tmp_path / "new"), "--steps=3"])
     assert "key=value" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_seeds_run_both_configs_per_seed_named_for_seed_groups():
+    from verl_erc.compare import group_runs, pair_runs
+
+    runs = demo.plan_runs([1, 2], ["trainer.total_training_steps=3"])
+    assert [(config, name) for config, name, _ in runs] == [
+        ("cpu_demo_baseline", "dapo-seed1"), ("cpu_demo", "erc_dapo-seed1"),
+        ("cpu_demo_baseline", "dapo-seed2"), ("cpu_demo", "erc_dapo-seed2"),
+    ]
+    assert runs[2][2] == ["data.seed=2", "actor_rollout_ref.rollout.seed=2", "trainer.total_training_steps=3"]
+    groups = group_runs([name for _, name, _ in runs], [])
+    assert groups == {"dapo": {1: "dapo-seed1", 2: "dapo-seed2"}, "erc_dapo": {1: "erc_dapo-seed1", 2: "erc_dapo-seed2"}}
+    assert pair_runs(list(groups), []) == {"erc_dapo": "dapo"}
+    assert demo.plan_runs(None, []) == [("cpu_demo_baseline", "dapo", []), ("cpu_demo", "erc_dapo", [])]

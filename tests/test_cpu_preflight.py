@@ -37,7 +37,7 @@ def test_demo_configs_pass():
         ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", "tensor_model_parallel_size=2"),
         ("~actor_rollout_ref.model.override_config.attn_implementation", "attn_implementation=sdpa"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels"),
-        ("trainer.v1.trainer_mode=erc_separate_async", "trainer_mode=erc_separate_async"),
+        ("trainer.v1.trainer_mode=separate_async", "trainer_mode=separate_async"),
         ("critic.enable=true", "critic.strategy"),  # passes: the demo's critic is CPU-ready
     ],
 )

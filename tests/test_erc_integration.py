@@ -16,6 +16,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from verl.trainer.ppo.core_algos import get_policy_loss_fn, kl_penalty, agg_loss
 from verl.utils import tensordict_utils as tu
 from verl.utils import torch_functional as verl_F
+from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
 
 from verl_erc.engine import ERC_ENTROPY_FLAG, ErcFSDPEngineWithLMHead
@@ -233,3 +234,70 @@ def test_missing_inputs_fail_loudly():
     del batch["entropy"]
     with pytest.raises(ErcInputError, match="old-policy entropy is missing"):
         erc_ppo_loss(config, out, batch)
+
+
+def test_current_entropy_is_reused_when_verl_computes_it():
+    """entropy_coeff != 0: verl's own current entropy (with graph) is reused, detached, not computed twice."""
+    engine = make_engine(tiny_qwen2())
+    batch = make_batch()
+    old_pass(engine, batch)
+    calls = []
+    engine.compute_entropy_from_logits = lambda logits, **kw: calls.append(logits.shape) or verl_F.entropy_from_logits(logits)
+    out = forward(engine, batch, calculate_entropy=True, **{ERC_ENTROPY_FLAG: True})
+    assert len(calls) == 1  # verl's call only
+    assert out["entropy"].values().requires_grad and not out["erc_entropy"].values().requires_grad
+    assert out["erc_entropy"].values().data_ptr() == out["entropy"].values().data_ptr()  # the same storage
+
+
+def off_policy_setup():
+    """(model, engine, batch): the old-log-prob pass, then the policy moved (a later mini-batch)."""
+    model = tiny_qwen2()
+    engine = make_engine(model)
+    batch = make_batch()
+    old_pass(engine, batch)
+    perturb(model)
+    return model, engine, batch
+
+
+def test_micro_batch_without_response_tokens_adds_nothing():
+    """verl's padding samples (all-zero response_mask): no crash, zero loss and gradient, metrics unaffected."""
+    model, engine, batch = off_policy_setup()
+    batch["response_mask"] = nested([torch.zeros(n, dtype=torch.int64) for n in RESPONSE_LENS])
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    loss, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    model.zero_grad()
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    for key in ("actor/erc_clipfrac", "actor/erc_clipfrac_high", "actor/erc_clipfrac_low", "actor/erc_ratio_mean"):
+        assert metrics[key].aggregation == AggregationType.SUM and metrics[key].aggregate() == 0.0
+    assert metrics["actor/erc_ratio_min"].aggregate() == float("inf")
+    assert metrics["actor/erc_ratio_max"].aggregate() == float("-inf")
+
+
+def test_erc_fractions_are_token_weighted_over_micro_batches_and_dp_ranks():
+    """Uneven micro-batches on 2 DP ranks: verl's aggregation of ERC's metrics gives exact token fractions."""
+    _, engine, full = off_policy_setup()
+    config = make_actor_config("vanilla")
+    total = sum(RESPONSE_LENS)
+    clipped = high = ratio_sum = 0.0
+    per_rank = []
+    for rank_rows in ([0], [1, 2, 3]):  # rank 0: one 6-token micro-batch; rank 1: 2 + 5 + 4 tokens in one
+        micro = tu.index_select_tensor_dict(full, rank_rows)
+        tu.assign_non_tensor(micro, dp_size=2, batch_num_tokens=total, global_batch_size=len(PROMPT_LENS))
+        out = forward(engine, micro, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+        _, metrics = erc_ppo_loss(config, out, micro)
+        per_rank.append(metrics)
+        padded = micro.select("response_mask", "entropy").to_padded_tensor()
+        mask = padded["response_mask"].bool()
+        rho = entropy_ratio(no_padding_2_padding(out["erc_entropy"], micro), padded["entropy"], 1e-6)[mask]
+        keep = erc_keep_mask(rho, 0.05, 0.05)
+        clipped += (~keep).sum().item()
+        high += (rho >= 1.05).sum().item()
+        ratio_sum += rho.sum().item()
+    # verl's worker: Metric.aggregate_dp over ranks (one micro-batch each here)
+    agg = {key: Metric.aggregate_dp([m[key] for m in per_rank]) for key in per_rank[0]}
+    assert 0 < clipped < total
+    assert agg["actor/erc_clipfrac"] == pytest.approx(clipped / total)
+    assert agg["actor/erc_clipfrac_high"] == pytest.approx(high / total)
+    assert agg["actor/erc_ratio_mean"] == pytest.approx(ratio_sum / total)

@@ -78,6 +78,7 @@ def test_converts_to_verl_dataclasses_and_passes_verl_checks(configs, name):
     assert get_custom_reward_fn(cfg).args[0] is compute_score
     validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     assert (validate_erc_config(cfg) is not None) == RUNS[name][2]
+    assert cfg.trainer.v1.trainer_mode == "sync"  # verl's own mode: the same trainer for ERC and baseline runs
 
 
 @pytest.mark.parametrize("name", RUNS)

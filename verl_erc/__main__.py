@@ -22,7 +22,8 @@ if loaded:
     from verl.workers.engine.base import EngineRegistry
     report["verl_erc_version"] = verl_erc.__version__
     report["policy_losses"] = sorted(n for n in POLICY_LOSS_REGISTRY if n == "gppo")
-    report["erc_trainers"] = sorted(n for n in TRAINER_REGISTRY if n.startswith("erc_"))
+    from verl_erc.trainer import erc_trainer_modes
+    report["erc_trainer_modes"] = erc_trainer_modes()
     report["entropy_hook_engines"] = sorted(
         str(k) for k, cls in EngineRegistry._engines["language_model"]["fsdp2"].items()
         if "Erc" in cls.__name__ or "ErcEntropyMixin" in [b.__name__ for b in cls.__mro__]
@@ -40,7 +41,7 @@ def check() -> int:
         return 1
     report = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(report, indent=2))
-    ok = report["loaded_by_entry_point"] and report.get("policy_losses") and report.get("erc_trainers")
+    ok = report["loaded_by_entry_point"] and report.get("policy_losses") and report.get("erc_trainer_modes")
     print("verl_erc: OK, loaded in every process that imports verl" if ok else "verl_erc: NOT LOADED by verl", file=sys.stderr)
     return 0 if ok else 1
 

@@ -4,19 +4,27 @@ Writes ``DIR/report.md`` and the same report as ``DIR/report.html`` (it shows th
 the paper's Table 1 from the last and from the best validation step, training-stability figures,
 and one PNG per metric with all runs overlaid. Each RUN (a run directory, or one metrics JSONL) is
 read as described in :mod:`verl_erc.runlogs`; a run is labelled by its path relative to the runs'
-common parent directory, and an ERC run ``erc_<name>`` is paired with the baseline run ``<name>``
-(``erc_dapo_7b-seed1`` <-> ``dapo_7b-seed1``; the prefix may start any path component:
-``erc_dapo_7b/seed1`` <-> ``dapo_7b/seed1``), or as ``--pair ERC=BASE``.
+common parent directory.
+
+Runs of one recipe and different seeds form a group: ``<recipe>-seed<N>`` (also ``_seed<N>`` and
+``<recipe>/seed<N>``) joins group ``<recipe>``, and ``--group NAME=RUN,RUN,...`` names one. An ERC group
+``erc_<name>`` is paired with the baseline group ``<name>`` (``erc_dapo_7b`` <-> ``dapo_7b``; the prefix may
+start any path component), or as ``--pair ERC=BASE``. A group's table cell is its mean over seeds with a
+95% Student-t interval; an ERC-minus-baseline difference is a paired t interval and test on the seeds both
+groups ran (the same seed is the same data order), else Welch's unpaired one. A group of one run reports
+as that run alone, as without seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 
 import markdown
 import matplotlib
@@ -25,6 +33,7 @@ from matplotlib.figure import Figure
 
 from verl_erc import runlogs
 from verl_erc.runlogs import RunLog, RunLogError, load_run
+from verl_erc.seedstats import CONFIDENCE, Estimate, difference, seed_mean
 
 ENTROPY = "actor/entropy"
 GRAD_NORM = "actor/grad_norm"
@@ -40,6 +49,9 @@ VAL_CORE = re.compile(r"^val-core/(?P<bench>.+)/(?P<var>[^/]+)/mean@(?P<n>\d+)$"
 ERC_PREFIXES = ("erc_", "erc-")
 SPIKE_MIN_HISTORY = 5
 DASH = "–"
+# <recipe>-seed<N>, <recipe>_seed<N>, <recipe>/seed<N>: how recipes/_common.sh names run directories
+SEEDED = re.compile(r"^(?P<recipe>.+)[-_/]seed(?P<seed>\d+)$")
+SIGNIFICANT = "†"
 
 
 @dataclass
@@ -83,7 +95,7 @@ def run_labels(paths: list[Path]) -> list[str]:
 
 
 def pair_runs(labels: list[str], explicit: list[str]) -> dict[str, str]:
-    """ERC run label -> baseline run label, by name (``erc_`` prefix) and from ``ERC=BASE`` specs."""
+    """ERC name -> baseline name (of runs or groups), by name (``erc_`` prefix) and from ``ERC=BASE`` specs."""
     pairs = {}
     for label in labels:
         parts = label.split("/")
@@ -95,9 +107,50 @@ def pair_runs(labels: list[str], explicit: list[str]) -> dict[str, str]:
     for spec in explicit:
         erc, sep, base = spec.partition("=")
         if not sep or erc not in labels or base not in labels or erc == base:
-            raise RunLogError(f"--pair {spec!r}: expected ERC=BASE, two different run labels among {labels}")
+            raise RunLogError(f"--pair {spec!r}: expected ERC=BASE, two different names among {labels}")
         pairs[erc] = base
     return pairs
+
+
+def group_runs(labels: list[str], specs: list[str]) -> dict[str, dict[int | str, str]]:
+    """Group name -> {seed: run label}, groups in the order of their first run.
+
+    ``NAME=RUN,RUN,...`` specs name groups of run labels; any other run ``<recipe>-seed<N>`` (``_seed<N>``,
+    ``/seed<N>``) joins group ``<recipe>``, and a run without a seed in its name is a group of its own,
+    named by its label. A run whose name holds no seed is keyed by its label, so it pairs with no seed.
+    """
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, members = spec.partition("=")
+        runs = members.split(",")
+        if not sep or not name or len(set(runs)) < len(runs) or any(r not in labels or r in named for r in runs):
+            raise RunLogError(f"--group {spec!r}: expected NAME=RUN,RUN,... with run labels among {labels}, each once")
+        named |= dict.fromkeys(runs, name)
+    groups: dict[str, dict[int | str, str]] = {}
+    for label in labels:
+        match = SEEDED.match(label)
+        name = named.get(label) or (match["recipe"] if match else label)
+        seed = int(match["seed"]) if match else label
+        if seed in groups.setdefault(name, {}):
+            raise RunLogError(f"group {name!r}: seed {seed} twice ({groups[name][seed]!r}, {label!r})")
+        groups[name][seed] = label
+    return groups
+
+
+@dataclass
+class Group:
+    """The runs of one group by seed; a group of one run is shown as that run, as without seeds."""
+
+    name: str
+    runs: dict[int | str, RunLog]
+
+    @property
+    def label(self) -> str:
+        return next(iter(self.runs.values())).label if len(self.runs) == 1 else self.name
+
+    @property
+    def row(self) -> str:
+        return f"`{self.label}`" + (f" (n={len(self.runs)})" if len(self.runs) > 1 else "")
 
 
 def stability(run: RunLog, spike_factor: float, spike_window: int) -> dict[str, float]:
@@ -125,10 +178,34 @@ def _pct(value: float | None, sign: bool = False) -> str:
     return f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
 
 
-def _num(value: float) -> str:
+def _num(value: float, sign: bool = False) -> str:
     if pd.isna(value):
         return DASH
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
+    spec = ".0f" if float(value).is_integer() else ".3g"
+    return f"{value:+{spec}}" if sign else f"{value:{spec}}"
+
+
+def _cell(est: Estimate, fmt, seeds: int = 1, sign: bool = False) -> str:
+    """The mean, then ``± half-width``, ``(p=…)`` and † where they exist; ``(n=…)`` if fewer than ``seeds``."""
+    if pd.isna(est.mean):
+        return DASH
+    text = fmt(est.mean, sign)
+    if not pd.isna(est.half):
+        text += f" ± {fmt(est.half)}"
+    if not pd.isna(est.p):
+        text += f" (p={est.p:.2g})" + (f" {SIGNIFICANT}" if est.p < 1.0 - CONFIDENCE else "")
+    return text + (f" (n={est.n})" if est.n < seeds else "")
+
+
+def _delta_row(erc: Group, base: Group, diffs: list[Estimate]) -> str:
+    kinds = sorted({d.kind for d in diffs if d.kind})
+    return f"Δ `{erc.label}` − `{base.label}`" + (f" ({'; '.join(kinds)})" if kinds else "")
+
+
+def _steps(steps: list[int]) -> str:
+    if not steps:
+        return DASH
+    return str(steps[0]) if min(steps) == max(steps) else f"{min(steps)}{DASH}{max(steps)}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -137,32 +214,66 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def score_table(runs: list[RunLog], vals: dict[str, Validation], pairs: dict[str, str], which: str) -> str:
-    """Table 1 as Markdown: scores x100 per benchmark, average, step; a delta row under each paired ERC run."""
+def _mean_over(scores: dict[str, float], columns: list[str]) -> float:
+    """The mean of ``scores`` over ``columns``; NaN if it lacks one (or there are none)."""
+    return mean(scores[c] for c in columns) if columns and set(columns) <= scores.keys() else math.nan
+
+
+def score_table(groups: list[Group], vals: dict[str, Validation], pairs: dict[str, str], which: str) -> str:
+    """Table 1 as Markdown: scores x100 per benchmark, average, step, a group's as mean ± interval over seeds
+    (each seed at its own ``which`` step); a Δ row under each paired ERC group."""
+    by_name = {group.name: group for group in groups}
     benches = sorted({bench for val in vals.values() for bench in val.keys})
     columns = [*benches, "Avg."]
-    picks = {run.label: vals[run.label].pick(which) for run in runs}
+    picks = {label: val.pick(which) for label, val in vals.items()}
     values = {label: {**p[1], "Avg.": p[2]} if p else {} for label, p in picks.items()}
-    shown = {label: {col: _pct(v.get(col)) for col in columns} for label, v in values.items()}
+
+    def seeds(group: Group, cols: list[str]) -> dict[int | str, float]:
+        return {seed: _mean_over(values[run.label], cols) for seed, run in group.runs.items()}
+
+    def picked(group: Group) -> list[int]:
+        return sorted(picks[run.label][0] for run in group.runs.values() if picks[run.label])
+
+    means = {group.name: {col: seed_mean(seeds(group, [col])) for col in columns} for group in groups}
+    shown = {name: {col: _pct(est.mean) for col, est in row.items()} for name, row in means.items()}
     best = {col: max((float(s[col]) for s in shown.values() if s[col] != DASH), default=None) for col in columns}
-    bold = sum(p is not None for p in picks.values()) > 1
+    bold = sum(bool(picked(group)) for group in groups) > 1
 
     rows = []
-    for run in runs:
-        pick = picks[run.label]
+    for group in groups:
+        cells = [_cell(est, _pct, len(group.runs)) for est in means[group.name].values()]
         cells = [
-            f"**{text}**" if bold and text != DASH and float(text) == best[col] else text
-            for col, text in shown[run.label].items()
+            f"**{text}**" if bold and text != DASH and float(mean_text) == best[col] else text
+            for col, text, mean_text in zip(columns, cells, shown[group.name].values(), strict=True)
         ]
-        rows.append([f"`{run.label}`", *cells, str(pick[0]) if pick else DASH])
-        base = pairs.get(run.label)
-        if base and pick and picks[base]:
-            mine, theirs = values[run.label], values[base]
-            deltas = {b: mine[b] - theirs[b] for b in benches if b in mine and b in theirs}
-            mean_delta = sum(deltas.values()) / len(deltas) if deltas else None
-            delta_cells = [_pct(deltas.get(b), sign=True) for b in benches]
-            rows.append([f"Δ `{run.label}` − `{base}`", *delta_cells, _pct(mean_delta, sign=True), ""])
+        rows.append([group.row, *cells, _steps(picked(group))])
+        base = by_name.get(pairs.get(group.name))
+        if base and picked(group) and picked(base):
+            both = [set(values[run.label]) for g in (group, base) for run in g.runs.values() if values[run.label]]
+            common = sorted(set.intersection(*both) - {"Avg."})  # Δ Avg.: over the benchmarks all of them have
+            diffs = [difference(seeds(group, [b]), seeds(base, [b])) for b in benches]
+            diffs.append(difference(seeds(group, common), seeds(base, common)))
+            rows.append([_delta_row(group, base, diffs), *(_cell(d, _pct, sign=True) for d in diffs), ""])
     return _table(["Run", *columns, "step"], rows)
+
+
+def stability_table(groups: list[Group], stats: dict[str, dict[str, float]], pairs: dict[str, str]) -> str:
+    """The stability figures per run, a group's as mean ± interval over seeds; under each paired ERC group
+    a Δ row where seeds give the difference an interval."""
+    by_name = {group.name: group for group in groups}
+    names = list(next(iter(stats.values())))
+
+    def seeds(group: Group, name: str) -> dict[int | str, float]:
+        return {seed: stats[run.label][name] for seed, run in group.runs.items()}
+
+    rows = []
+    for group in groups:
+        rows.append([group.row, *(_cell(seed_mean(seeds(group, name)), _num, len(group.runs)) for name in names)])
+        base = by_name.get(pairs.get(group.name))
+        diffs = [difference(seeds(group, name), seeds(base, name)) for name in names] if base else []
+        if any(d.kind for d in diffs):
+            rows.append([_delta_row(group, base, diffs), *(_cell(d, _num, sign=True) for d in diffs)])
+    return _table(["Run", *names], rows)
 
 
 def _figure(title: str, ylabel: str) -> tuple[Figure, object]:
@@ -179,14 +290,27 @@ def _color(i: int):
     return matplotlib.colormaps["tab10"](i % 10)
 
 
-def plot_metric(runs: list[RunLog], key: str, title: str, ylabel: str, path: Path) -> bool:
-    """One line per run that logged ``key``; False (nothing written) if none did."""
+def _logged(frames: list[pd.DataFrame], key: str) -> list[pd.Series]:
+    return [frame[key].dropna() for frame in frames if key in frame and frame[key].notna().any()]
+
+
+def _draw(ax, series: list[pd.Series], color, label: str, **style) -> None:
+    """One run's series as a line; several seeds' as their mean (at the steps all logged) and a min–max band."""
+    frame = pd.concat(series, axis=1).dropna()
+    if len(series) > 1:
+        label = f"{label}: mean of {len(series)} seeds, band min–max"
+        ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=color, alpha=0.2, linewidth=0)
+    ax.plot(frame.index, frame.mean(axis=1).values, color=color, label=label, linewidth=1.2, **style)
+
+
+def plot_metric(groups: list[Group], key: str, title: str, ylabel: str, path: Path) -> bool:
+    """One line (and seed band) per group that logged ``key``; False (nothing written) if none did."""
     fig, ax = _figure(title, ylabel)
     drawn = False
-    for i, run in enumerate(runs):
-        if key in run.scalars and run.scalars[key].notna().any():
-            values = run.scalars[key].dropna()
-            ax.plot(values.index, values.values, color=_color(i), label=run.label, linewidth=1.2)
+    for i, group in enumerate(groups):
+        series = _logged([run.scalars for run in group.runs.values()], key)
+        if series:
+            _draw(ax, series, _color(i), group.label)
             drawn = True
     if drawn:
         ax.legend(fontsize="small")
@@ -194,16 +318,15 @@ def plot_metric(runs: list[RunLog], key: str, title: str, ylabel: str, path: Pat
     return drawn
 
 
-def plot_erc_clipfracs(runs: list[RunLog], path: Path) -> bool:
-    """ERC clip fractions (all / above / below the band), one colour per run, one line style per fraction."""
+def plot_erc_clipfracs(groups: list[Group], path: Path) -> bool:
+    """ERC clip fractions (all / above / below the band), one colour per group, one line style per fraction."""
     fig, ax = _figure("ERC clip fraction", "fraction of response tokens")
     drawn = False
-    for i, run in enumerate(runs):
+    for i, group in enumerate(groups):
         for key, (name, style) in ERC_CLIPFRACS.items():
-            if key in run.scalars and run.scalars[key].notna().any():
-                values = run.scalars[key].dropna()
-                label = f"{run.label} ({name})"
-                ax.plot(values.index, values.values, color=_color(i), linestyle=style, label=label, linewidth=1.2)
+            series = _logged([run.scalars for run in group.runs.values()], key)
+            if series:
+                _draw(ax, series, _color(i), f"{group.label} ({name})", linestyle=style)
                 drawn = True
     if drawn:
         ax.legend(fontsize="small")
@@ -211,15 +334,14 @@ def plot_erc_clipfracs(runs: list[RunLog], path: Path) -> bool:
     return drawn
 
 
-def plot_benchmark(runs: list[RunLog], vals: dict[str, Validation], bench: str, path: Path) -> bool:
-    """Validation score x100 of ``bench`` over training steps, one line per run."""
-    keys = sorted({vals[r.label].keys[bench] for r in runs if bench in vals[r.label].keys})
+def plot_benchmark(groups: list[Group], vals: dict[str, Validation], bench: str, path: Path) -> bool:
+    """Validation score x100 of ``bench`` over training steps, one line (and seed band) per group."""
+    keys = sorted({val.keys[bench] for val in vals.values() if bench in val.keys})
     fig, ax = _figure(f"{bench}: {', '.join(k.split('/', 2)[2] for k in keys)}", "score ×100")
-    for i, run in enumerate(runs):
-        scores = vals[run.label].scores
-        if bench in scores:
-            values = scores[bench].dropna()
-            ax.plot(values.index, 100 * values.values, color=_color(i), marker="o", label=run.label, linewidth=1.2)
+    for i, group in enumerate(groups):
+        series = _logged([vals[run.label].scores for run in group.runs.values()], bench)
+        if series:
+            _draw(ax, [100 * s for s in series], _color(i), group.label, marker="o")
     ax.legend(fontsize="small")
     fig.savefig(path)
     return True
@@ -239,22 +361,48 @@ def write_report(
     pair_specs: list[str] = (),
     spike_factor: float = 3.0,
     spike_window: int = 20,
+    group_specs: list[str] = (),
 ) -> Path:
-    """Read the runs, write ``out/report.md``, ``out/report.html`` and the PNGs; return the Markdown path."""
+    """Read the runs, write ``out/report.md``, ``out/report.html`` and the PNGs; return the Markdown path.
+
+    ``pair_specs`` are ``ERC=BASE`` of group names (a run label stands for its group), ``group_specs``
+    ``NAME=RUN,RUN,...`` (see :func:`group_runs`)."""
     labels = run_labels(run_dirs)
-    runs = [load_run(Path(path), label) for path, label in zip(run_dirs, labels, strict=True)]
-    pairs = pair_runs(labels, list(pair_specs))
-    vals = {run.label: validation(run) for run in runs}
+    runs = {label: load_run(Path(path), label) for path, label in zip(run_dirs, labels, strict=True)}
+    grouped = group_runs(labels, list(group_specs))
+    groups = [Group(name, {seed: runs[label] for seed, label in members.items()}) for name, members in grouped.items()]
+    group_of = {label: name for name, members in grouped.items() for label in members.values()}
+    # a run label in a --pair spec stands for its group
+    pairs = pair_runs(list(grouped), ["=".join(group_of.get(s, s) for s in spec.split("=", 1)) for spec in pair_specs])
+    shown = {group.name: group.label for group in groups}
+    vals = {label: validation(run) for label, run in runs.items()}
     out.mkdir(parents=True, exist_ok=True)
 
     md = [f"# ERC comparison: {', '.join(f'`{label}`' for label in labels)}", ""]
     md += ["## Runs", ""]
     rows = []
-    for run in runs:
+    for run in runs.values():
         files = ", ".join(f"`{f.relative_to(run.path).as_posix() if run.path.is_dir() else f.name}`" for f in run.files)
         rows.append([f"`{run.label}`", f"`{run.path}`", _num(run.scalars.index.max()), files])
     md += [_table(["Run", "directory", "last logged step", "metrics read from"], rows), ""]
-    md += ["Pairs (ERC run → baseline): " + (", ".join(f"`{e}` → `{b}`" for e, b in pairs.items()) or "none"), ""]
+    pairs_text = ", ".join(f"`{shown[erc]}` → `{shown[base]}`" for erc, base in pairs.items())
+    md += ["Pairs (ERC run → baseline): " + (pairs_text or "none"), ""]
+    seeded = [group for group in groups if len(group.runs) > 1]
+    if seeded:
+        members = {g.name: ", ".join(f"`{run.label}`" for run in g.runs.values()) for g in seeded}
+        md += [
+            "Seed groups: "
+            + "; ".join(f"`{g.name}` (n={len(g.runs)}: {members[g.name]})" for g in seeded)
+            + ". A group's cell is its mean over seeds ± the half-width of the 95% Student-t interval, "
+            "t(0.975; n−1)·s/√n (s: sample std over the n seeds; *(n=k)*: only k seeds have the value). "
+            "A Δ row is ERC minus baseline with its 95% interval and two-sided t-test p-value: paired on the "
+            "seeds both groups ran (the same seed is the same data order; from 2 such seeds, the Δ is over "
+            "them), else Welch's unpaired t (2 seeds or more each). "
+            f"{SIGNIFICANT}: the interval of the difference excludes 0 (p < {1 - CONFIDENCE:.2g}), "
+            "i.e. ERC's difference is outside the seed spread. Plots: a group's seed mean as a line, "
+            "the min–max over its seeds shaded.",
+            "",
+        ]
 
     benches = sorted({bench for val in vals.values() for bench in val.keys})
     md += ["## Benchmark scores", ""]
@@ -268,11 +416,11 @@ def write_report(
             "",
             "### Last validation step",
             "",
-            score_table(runs, vals, pairs, "last"),
+            score_table(groups, vals, pairs, "last"),
             "",
             "### Best validation step (highest Avg.)",
             "",
-            score_table(runs, vals, pairs, "best"),
+            score_table(groups, vals, pairs, "best"),
             "",
         ]
     else:
@@ -290,24 +438,23 @@ def write_report(
         + ". – : not logged.",
         "",
     ]
-    stats = {run.label: stability(run, spike_factor, spike_window) for run in runs}
-    names = list(next(iter(stats.values())))
-    md += [_table(["Run", *names], [[f"`{label}`", *(_num(v) for v in s.values())] for label, s in stats.items()]), ""]
+    stats = {label: stability(run, spike_factor, spike_window) for label, run in runs.items()}
+    md += [stability_table(groups, stats, pairs), ""]
 
     md += ["## Plots", ""]
     missing = []
     for filename, key, title, ylabel in PLOTS:
-        if plot_metric(runs, key, title, ylabel, out / filename):
+        if plot_metric(groups, key, title, ylabel, out / filename):
             md += [f"### {title}", "", f"![{title}]({filename})", ""]
         else:
             missing.append(key)
-    if plot_erc_clipfracs(runs, out / "erc_clipfrac.png"):
+    if plot_erc_clipfracs(groups, out / "erc_clipfrac.png"):
         md += ["### ERC clip fraction", "", "![ERC clip fraction](erc_clipfrac.png)", ""]
     else:
         missing += list(ERC_CLIPFRACS)
     for bench in benches:
         filename = "val_" + re.sub(r"[^A-Za-z0-9._-]+", "_", bench) + ".png"
-        plot_benchmark(runs, vals, bench, out / filename)
+        plot_benchmark(groups, vals, bench, out / filename)
         md += [f"### Validation: {bench}", "", f"![{bench}]({filename})", ""]
     if missing:
         md += ["Not logged by any run (no plot): " + ", ".join(f"`{k}`" for k in missing), ""]
@@ -340,14 +487,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directory (or file-logger JSONL)")
     parser.add_argument("--out", required=True, type=Path, help="output directory for report.md/.html and PNGs")
-    parser.add_argument("--pair", action="append", default=[], metavar="ERC=BASE", help="pair two runs by label")
+    parser.add_argument("--pair", action="append", default=[], metavar="ERC=BASE", help="pair two groups (or runs)")
+    parser.add_argument(
+        "--group", action="append", default=[], metavar="NAME=RUN,RUN", help="group runs (by label) as seeds of NAME"
+    )
     parser.add_argument("--spike-factor", type=float, default=3.0, help="grad-norm spike: above this x running median")
     parser.add_argument("--spike-window", type=int, default=20, help="running-median window (logged steps)")
     args = parser.parse_args(argv)
     if args.spike_factor <= 0 or args.spike_window < 1:
         parser.error("--spike-factor must be > 0 and --spike-window >= 1")
     try:
-        report = write_report(args.runs, args.out, args.pair, args.spike_factor, args.spike_window)
+        report = write_report(args.runs, args.out, args.pair, args.spike_factor, args.spike_window, args.group)
     except RunLogError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"wrote {report} and {report.with_suffix('.html')}")

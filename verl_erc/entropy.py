@@ -120,3 +120,52 @@ def entropy_no_grad(
     if out is None:  # no rows
         out = entropy_fn(rows[:0])
     return out.reshape(lead_shape)
+
+
+def combine_shard_entropy(row_max: torch.Tensor, exp_sum: torch.Tensor, exp_dot: torch.Tensor) -> torch.Tensor:
+    """Entropy of rows whose logits ``z`` are split over vocabulary shards, from per-row statistics.
+
+    With ``m = max_v z_v`` (over all shards), ``s = sum_v exp(z_v - m)`` and
+    ``t = sum_v exp(z_v - m) * z_v`` (each summed over all shards):
+    ``H = logsumexp(z) - sum_v softmax(z)_v z_v = m + log(s) - t / s``.
+    """
+    return row_max + exp_sum.log() - exp_dot / exp_sum
+
+
+@torch.no_grad()
+def vocab_parallel_entropy_no_grad(
+    local_logits: torch.Tensor,
+    group,
+    temperature: torch.Tensor | float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """Entropy of ``[rows, vocab]`` logits sharded on the vocabulary over ``group``, without gathering them.
+
+    Each rank holds ``local_logits`` (``[rows, vocab / tp]``, its vocabulary slice). Per chunk of
+    rows, two all-reduces of ``rows`` values (the row max, then the two sums of
+    :func:`combine_shard_entropy`) replace the ``[rows, vocab]`` all-gather of
+    ``DTensor.full_tensor()``. Equal to :func:`entropy_no_grad` on the full logits up to
+    floating-point summation order. ``temperature`` is ``None``/a float or a per-row tensor of
+    shape ``[rows]`` or ``[rows, 1]``.
+    """
+    import torch.distributed as dist
+
+    n_rows, vocab = local_logits.shape
+    step = effective_chunk_rows(vocab, chunk_size, local_logits.device)
+    temps = None
+    if isinstance(temperature, torch.Tensor):
+        temps = temperature.reshape(-1).to(local_logits.device)
+    elif temperature is not None and float(temperature) != 1.0:
+        temps = torch.full((n_rows,), float(temperature), device=local_logits.device)
+    out = torch.empty(n_rows, dtype=torch.float32, device=local_logits.device)
+    for start, end in _chunk_bounds(n_rows, step):
+        block = local_logits[start:end].float()
+        if temps is not None:
+            block = block / temps[start:end].clamp(min=1e-8).unsqueeze(-1)
+        row_max = block.max(dim=-1).values
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+        shifted = (block - row_max.unsqueeze(-1)).exp()
+        sums = torch.stack([shifted.sum(dim=-1), (shifted * block).sum(dim=-1)])
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        out[start:end] = combine_shard_entropy(row_max, sums[0], sums[1])
+    return out

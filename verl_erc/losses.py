@@ -125,20 +125,27 @@ def compute_policy_loss_gppo(
 # --------------------------------------------------------------------------------------------
 
 
-def erc_metrics(ratio: torch.Tensor, keep: torch.Tensor, response_mask: torch.Tensor, beta_low, beta_high):
-    """Clip fractions (total, above, below the band) and the ratio's mean/min/max over response tokens."""
+def erc_metrics(ratio, keep, response_mask, beta_low, beta_high, batch_num_tokens: int, dp_size: int):
+    """ERC's metrics for one micro-batch, aggregated by verl into exact token fractions of the mini-batch.
+
+    ``batch_num_tokens`` is the mini-batch's response-token count over all DP ranks (verl's loss
+    normaliser). The clip fractions (total, above, below the band) and the mean ratio are this
+    micro-batch's token sums times ``dp_size / batch_num_tokens`` with SUM aggregation: verl sums
+    them over micro-batches and averages over DP ranks, which gives sums over every response token
+    of the mini-batch divided by ``batch_num_tokens``. Min/max are over response tokens; a
+    micro-batch with none (verl's padding samples) adds 0 to the sums and +inf/-inf to min/max.
+    """
     mask = response_mask.bool()
     valid = ratio[mask]
-    if valid.numel() == 0:
-        raise ErcInputError("ERC got a micro-batch with no response tokens")
-    frac = lambda t: verl_F.masked_mean(t.float(), mask).item()  # noqa: E731
+    scale = dp_size / batch_num_tokens if batch_num_tokens else 0.0
+    share = lambda t: Metric(AggregationType.SUM, t[mask].float().sum().item() * scale)  # noqa: E731
     return {
-        "actor/erc_clipfrac": Metric(AggregationType.MEAN, frac(~keep)),
-        "actor/erc_clipfrac_high": Metric(AggregationType.MEAN, frac(ratio >= 1.0 + beta_high)),
-        "actor/erc_clipfrac_low": Metric(AggregationType.MEAN, frac(ratio <= 1.0 - beta_low)),
-        "actor/erc_ratio_mean": Metric(AggregationType.MEAN, valid.mean().item()),
-        "actor/erc_ratio_min": Metric(AggregationType.MIN, valid.min().item()),
-        "actor/erc_ratio_max": Metric(AggregationType.MAX, valid.max().item()),
+        "actor/erc_clipfrac": share(~keep),
+        "actor/erc_clipfrac_high": share(ratio >= 1.0 + beta_high),
+        "actor/erc_clipfrac_low": share(ratio <= 1.0 - beta_low),
+        "actor/erc_ratio_mean": share(ratio),
+        "actor/erc_ratio_min": Metric(AggregationType.MIN, valid.min().item() if valid.numel() else float("inf")),
+        "actor/erc_ratio_max": Metric(AggregationType.MAX, valid.max().item() if valid.numel() else float("-inf")),
     }
 
 
@@ -214,7 +221,9 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
         )
         loss = loss + config.kl_loss_coef * restore
 
-    metrics.update(erc_metrics(ratio, keep, response_mask, erc.beta_low, erc.beta_high))
+    metrics.update(
+        erc_metrics(ratio, keep, response_mask, erc.beta_low, erc.beta_high, data["batch_num_tokens"], data["dp_size"])
+    )
     if erc.analysis.enable:
         from verl_erc.analysis import record_tokens
 

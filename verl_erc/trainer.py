@@ -1,20 +1,22 @@
-"""Trainer wiring: ERC on verl's V1 trainers, through verl's trainer registry and worker APIs.
+"""Trainer wiring: ERC inside verl's own V1 trainer modes (``sync``, ``colocate_async``, ``separate_async``).
 
-For every V1 trainer verl registers (``sync``, ``colocate_async``, ``separate_async``) this module
-registers an ``erc_<name>`` variant (:class:`ErcTrainerMixin` + verl's class). When
-``actor_rollout_ref.actor.erc.enable`` is true it:
+verl compares ``trainer.v1.trainer_mode`` literally in several places (replay buffer, DAPO refill,
+checkpointing, prompt dispatch), so ERC keeps verl's mode names. :func:`install_erc_trainers`
+replaces each entry of verl's ``TRAINER_REGISTRY`` by a subclass of verl's class under the *same*
+name, so every entry point that imports verl (``python -m verl.trainer.main_ppo`` included: the
+plugin is loaded at ``import verl``) gets it:
 
-1. validates the whole config at construction (:func:`validate_erc_config`);
-2. after the workers are built, installs :func:`verl_erc.losses.erc_ppo_loss` in every actor
-   worker with verl's ``set_loss_fn`` worker API;
-3. flags each actor update (``batch.extra_info``) so the engine's entropy hook
-   (:mod:`verl_erc.engine`) computes the current entropy.
+- ERC **off**: constructing the subclass returns an instance of verl's own class
+  (:meth:`ErcTrainerMixin.__new__`): the run *is* verl's trainer, nothing of ours runs in it.
+- ERC **on**: the whole config is validated at construction (:func:`validate_erc_config`), ERC's
+  loss :func:`verl_erc.losses.erc_ppo_loss` is installed in every actor worker with verl's
+  ``set_loss_fn`` worker API, and a one-line summary is printed per step (:func:`step_summary`).
 
-With ERC on or off, it prints where the run's metrics and checkpoints go when training starts and
-one line per training step (:func:`step_summary`), beside verl's full console metrics.
-
-The old-policy entropy needs no wiring: verl's V1 trainer already stores it as the field
-``entropy`` beside ``old_log_probs`` in the old-log-prob pass, and it reaches the loss's data.
+The current entropy is switched on by the loss itself: the engine hook (:mod:`verl_erc.engine`)
+sees ERC's loss on a training pass and computes it. The old-policy entropy needs no wiring: verl's
+V1 trainer stores it as the field ``entropy`` in the old-log-prob pass, and it reaches the loss.
+A run whose trainer did not install ERC's loss (the legacy trainer, a trainer registered after the
+plugin) is stopped by the engine hook at the first actor update, before any weight changes.
 """
 
 from __future__ import annotations
@@ -26,16 +28,13 @@ from functools import partial
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from verl.trainer.distillation import is_distillation_enabled
-from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
+from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ERC_KEY, ErcConfigError, ErcFSDPActorConfig
-from verl_erc.engine import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG
 from verl_erc.losses import erc_ppo_loss
 
 logger = logging.getLogger(__name__)
-
-ERC_TRAINER_PREFIX = "erc_"
 
 
 #: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
@@ -64,6 +63,11 @@ def erc_enabled(config: DictConfig) -> bool:
     return bool(OmegaConf.select(config, f"{ERC_KEY}.enable", default=False))
 
 
+def erc_trainer_modes() -> list[str]:
+    """The V1 trainer modes in which ERC is wired (verl's, wrapped by :func:`install_erc_trainers`)."""
+    return sorted(name for name, cls in TRAINER_REGISTRY.items() if issubclass(cls, ErcTrainerMixin))
+
+
 def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
     """Check that ERC, if enabled, will really run; raise :class:`ErcConfigError` naming every fix.
 
@@ -73,15 +77,15 @@ def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
         return None
     omega_conf_to_dataclass(OmegaConf.select(config, ERC_KEY))  # the knobs' own checks first
     problems = []
+    mode = OmegaConf.select(config, "trainer.v1.trainer_mode")
     if not config.trainer.get("use_v1", True):
         problems.append(
             "trainer.use_v1=false: verl's legacy trainer discards the old-policy entropy; set trainer.use_v1=true"
         )
-    elif not str(OmegaConf.select(config, "trainer.v1.trainer_mode")).startswith(ERC_TRAINER_PREFIX):
-        mode = OmegaConf.select(config, "trainer.v1.trainer_mode")
+    elif mode not in erc_trainer_modes():
         problems.append(
-            f"trainer.v1.trainer_mode={mode} does not install ERC's loss in the workers; "
-            f"set trainer.v1.trainer_mode={ERC_TRAINER_PREFIX}{mode}"
+            f"trainer.v1.trainer_mode={mode} is not a verl trainer that verl_erc wires ERC into; "
+            f"use one of {', '.join(erc_trainer_modes())} (check that the plugin loads: python -m verl_erc --check)"
         )
     if OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode", default=False):
         problems.append(
@@ -96,32 +100,44 @@ def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
     actor_cls = get_class(config.actor_rollout_ref.actor._target_)
     if not issubclass(actor_cls, ErcFSDPActorConfig):
         problems.append(
-            f"actor_rollout_ref.actor._target_ builds {actor_cls.__name__}, which has no ERC field; compose your "
-            "config on hydra_conf/erc_trainer.yaml (_target_: verl_erc.config.ErcFSDPActorConfig)"
+            f"actor_rollout_ref.actor._target_ builds {actor_cls.__name__}, which has no ERC field; set "
+            "actor_rollout_ref.actor._target_=verl_erc.config.ErcFSDPActorConfig or compose your config on "
+            "hydra_conf/erc_base.yaml"
         )
     if problems:
         raise ErcConfigError(f"{ERC_KEY}.enable=true cannot run as configured:\n  - " + "\n  - ".join(problems))
     return omega_conf_to_dataclass(config.actor_rollout_ref.actor)
 
 
-class ErcTrainerMixin:
-    """ERC wiring for a verl V1 ``PPOTrainer`` subclass (put it first in the bases)."""
+def _config_argument(args: tuple, kwargs: dict) -> DictConfig:
+    return kwargs["config"] if "config" in kwargs else args[0]
 
-    def __init__(self, config: DictConfig):
-        self._erc_actor_config = validate_erc_config(config)
-        super().__init__(config)
+
+class ErcTrainerMixin:
+    """ERC wiring for a verl V1 ``PPOTrainer`` subclass (first in the bases); ``_verl_cls`` is verl's class."""
+
+    _verl_cls: type
+
+    def __new__(cls, *args, **kwargs):
+        if not erc_enabled(_config_argument(args, kwargs)):
+            # ERC off: verl's own trainer. Python skips cls.__init__ since the object is not a cls.
+            return cls._verl_cls(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self._erc_actor_config = validate_erc_config(_config_argument(args, kwargs))
+        super().__init__(*args, **kwargs)
 
     def _setup(self):
         super()._setup()
-        if self._erc_actor_config is not None:
-            self.actor_rollout_wg.set_loss_fn(partial(erc_ppo_loss, config=self._erc_actor_config))
-            erc = self._erc_actor_config.erc
-            logger.warning(
-                "verl_erc: ERC loss installed in the actor workers (beta_low=%s, beta_high=%s, base loss_mode=%s)",
-                erc.beta_low,
-                erc.beta_high,
-                self._erc_actor_config.policy_loss.loss_mode,
-            )
+        self.actor_rollout_wg.set_loss_fn(partial(erc_ppo_loss, config=self._erc_actor_config))
+        erc = self._erc_actor_config.erc
+        logger.warning(
+            "verl_erc: ERC loss installed in the actor workers (beta_low=%s, beta_high=%s, base loss_mode=%s)",
+            erc.beta_low,
+            erc.beta_high,
+            self._erc_actor_config.policy_loss.loss_mode,
+        )
 
     def on_train_begin(self):
         super().on_train_begin()
@@ -138,17 +154,14 @@ class ErcTrainerMixin:
         super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
         print(step_summary(metrics, global_steps, self.total_training_steps), flush=True)
 
-    def _update_actor(self, batch, metrics):
-        if self._erc_actor_config is not None:
-            batch.extra_info.update(
-                {ERC_ENTROPY_FLAG: True, ERC_CHUNK_SIZE_KEY: self._erc_actor_config.erc.entropy_chunk_size}
-            )
-        return super()._update_actor(batch, metrics)
 
+def install_erc_trainers() -> None:
+    """Replace each of verl's V1 trainers in ``TRAINER_REGISTRY`` by its ERC subclass, same name (idempotent).
 
-def register_erc_trainers() -> None:
-    """Register ``erc_<name>`` for every V1 trainer verl has registered (idempotent)."""
+    verl's ``register_trainer`` refuses to re-register a name, so the entry is replaced in verl's
+    registry dict directly; ``get_trainer_cls(name)`` then returns the subclass.
+    """
     for name, cls in list(TRAINER_REGISTRY.items()):
-        if name.startswith(ERC_TRAINER_PREFIX) or ERC_TRAINER_PREFIX + name in TRAINER_REGISTRY:
+        if issubclass(cls, ErcTrainerMixin):
             continue
-        register_trainer(ERC_TRAINER_PREFIX + name)(type(f"Erc{cls.__name__}", (ErcTrainerMixin, cls), {}))
+        TRAINER_REGISTRY[name] = type(f"Erc{cls.__name__}", (ErcTrainerMixin, cls), {"_verl_cls": cls})

@@ -112,10 +112,10 @@ def cpu_config_problems(config: DictConfig) -> list[str]:
     for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
         if rollout.get(key, 1) != 1:
             problems.append(f"actor_rollout_ref.rollout.{key}={rollout.get(key)}: the hf rollout needs 1; set it to 1")
-    if config.trainer.v1.trainer_mode.removeprefix("erc_") != "sync":
+    if config.trainer.v1.trainer_mode != "sync":
         problems.append(
             f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: the hf rollout runs colocated with the "
-            "actor (verl's naive weight sync); use the sync trainer (erc_sync / sync)"
+            "actor (verl's naive weight sync); set trainer.v1.trainer_mode=sync"
         )
     return problems
 

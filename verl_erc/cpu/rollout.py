@@ -4,7 +4,10 @@
   Ray actor per replica (rollout tensor parallel size 1, so one replica per training rank).
 - :class:`HFRolloutServer` serves verl's token-in/token-out ``generate`` and returns a
   ``TokenOutput`` with the sampled tokens' log-probs. Concurrent requests (verl's agent loop sends
-  one per sample) are gathered into left-padded batches with equal sampling parameters.
+  one per sample) are gathered into left-padded batches with equal sampling parameters. With verl's
+  ``rollout.full_determinism`` (request ids ``det-<sample index>``) each request is generated on its
+  own from a seed derived from ``rollout.seed``, the weights' global step, the request id and the
+  prompt: the samples then depend on nothing but the seed (not on batching or arrival order).
 - :class:`HFServerAdapter` (``_ROLLOUT_REGISTRY[("hf", "async")]``) lives in the training worker:
   verl's naive checkpoint engine hands it the actor's full weights after every update, and it
   ships them, as a CPU state dict, to its replica's server.
@@ -16,6 +19,7 @@ truncation: the quantity verl's actor recomputes as the old log-prob.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from typing import Any, Optional
@@ -36,6 +40,12 @@ _SAMPLING_KEYS = {"temperature", "top_p", "top_k", "repetition_penalty", "logpro
 def server_actor_name(replica_rank: int) -> str:
     """Ray actor name of a replica's server (the adapter finds its server by it)."""
     return f"{ROLLOUT_NAME}_server_{replica_rank}"
+
+
+def request_seed(seed: int, global_steps: Optional[int], request_id: str, prompt_ids: list[int]) -> int:
+    """A 63-bit sampling seed that depends only on its arguments (not on Python's hash seed)."""
+    text = f"{seed}|{global_steps}|{request_id}|{','.join(map(str, prompt_ids))}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def _check_single_process(config) -> None:
@@ -91,11 +101,19 @@ class HFRolloutServer:
         if any(x is not None for x in (image_data, video_data, audio_data, mm_processor_kwargs)):
             raise NotImplementedError("rollout.name=hf generates from text token ids only (no multimodal inputs)")
         key = self._sampling_key(list(prompt_ids), dict(sampling_params))
+        if self.config.full_determinism:
+            seed = request_seed(self.config.seed, self.global_steps, request_id, prompt_ids)
+            async with self._model_lock:
+                token_ids, log_probs = await asyncio.to_thread(self._generate_seeded, list(prompt_ids), key, seed)
+            return self._token_output(token_ids, log_probs, key)
         future = asyncio.get_running_loop().create_future()
         self._pending.append((list(prompt_ids), key, future))
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._run_batches())
         token_ids, log_probs = await future
+        return self._token_output(token_ids, log_probs, key)
+
+    def _token_output(self, token_ids: list[int], log_probs: list[float], key: tuple) -> TokenOutput:
         return TokenOutput(
             token_ids=token_ids,
             log_probs=log_probs if key[-1] else None,
@@ -141,6 +159,11 @@ class HFRolloutServer:
                 continue
             for (_, _, future), result in zip(batch, results, strict=True):
                 future.set_result(result)
+
+    def _generate_seeded(self, prompt: list[int], key: tuple, seed: int) -> tuple[list[int], list[float]]:
+        """One request, sampled from torch's generator seeded with ``seed`` (callers hold the model lock)."""
+        torch.manual_seed(seed)
+        return self._generate_batch([prompt], key)[0]
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], key: tuple) -> list[tuple[list[int], list[float]]]:

@@ -1,0 +1,142 @@
+"""With ERC off, ``python -m verl_erc.main`` runs verl's own trainer: the same program as verl's entry point.
+
+The CPU backend runs 3 training steps twice, from the same seed: once through verl's
+``python -m verl.trainer.main_ppo`` (verl's ``ppo_trainer`` config plus only the keys the CPU
+backend needs, :data:`CPU_KEYS`) and once through ``python -m verl_erc.main`` (our ``erc_trainer``
+config, ERC off) with the same keys. Sampling is seeded per request (verl's
+``rollout.full_determinism``, honoured by the ``hf`` rollout), so the runs sample the same tokens:
+every metric that follows from the samples (scores, rewards, advantages, lengths) agrees exactly,
+and every other per-step training metric (losses, clip fractions, gradient norm, entropy, KL) to
+1e-5 relative or 1e-4 absolute. (Measured: the update's metrics agree exactly; the entropy and the
+rollout/actor log-prob comparisons differ in the 7th significant digit, CPU float reductions
+that vary between processes.) Timings and memory are left out.
+
+With ERC on, verl's entry point either applies ERC (through the plugin's trainer under verl's own
+mode name) or refuses before Ray starts; its legacy trainer stops at the first actor update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cpu_subprocess import skip_if_gpu_visible
+
+pytestmark = pytest.mark.cpu_e2e
+
+STEPS = 3
+#: metrics that measure time, throughput or memory, not training
+UNTIMED = ("timing_s/", "timing_per_token_ms/", "perf/", "actor/perf/", "training/rollout_time")
+#: metrics fixed by the sampled tokens and the reward: equal exactly when the samples are
+SAMPLE_METRICS = ("critic/score/", "critic/rewards/", "critic/advantages/", "critic/returns/", "response_length/", "prompt_length/")
+ERC_VIA_VERL = ["actor_rollout_ref.actor._target_=verl_erc.config.ErcFSDPActorConfig",
+                "+actor_rollout_ref.actor.erc._target_=verl_erc.config.ErcConfig", "+actor_rollout_ref.actor.erc.enable=true"]
+
+
+def cpu_keys(assets: dict[str, str], out: Path, name: str) -> list[str]:
+    """What the CPU backend needs on top of verl's ppo_trainer (see hydra_conf/cpu_demo_base.yaml), for a short run."""
+    sdpa = "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"
+    fp32 = [f"+actor_rollout_ref.actor.fsdp_config.mixed_precision.{k}=fp32" for k in ("param_dtype", "reduce_dtype", "buffer_dtype")]
+    return [
+        f"data.train_files={assets['train']}", f"data.val_files={assets['val']}",
+        "data.train_batch_size=8", "data.max_prompt_length=16", "data.max_response_length=1",
+        "data.dataloader_num_workers=0",
+        f"actor_rollout_ref.model.path={assets['model']}", sdpa,
+        "actor_rollout_ref.actor.strategy=fsdp2", "actor_rollout_ref.actor.use_torch_compile=false",
+        "actor_rollout_ref.actor.fsdp_config.use_torch_compile=false", *fp32,
+        "actor_rollout_ref.actor.optim.lr=3e-4", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.dtype=float32", "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.rollout.calculate_log_probs=true", "actor_rollout_ref.rollout.free_cache_engine=false",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32", "actor_rollout_ref.rollout.agent.num_workers=1",
+        "actor_rollout_ref.rollout.full_determinism=true",
+        "algorithm.adv_estimator=grpo", "reward.num_workers=1",
+        "reward.custom_reward_function.path=pkg://verl_erc.cpu.task", "reward.custom_reward_function.name=compute_score",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        "trainer.device=cpu", "trainer.nnodes=1", "trainer.n_gpus_per_node=1",
+        f"trainer.total_training_steps={STEPS}", "trainer.val_before_train=false", "trainer.test_freq=-1",
+        "trainer.save_freq=-1", "trainer.logger=[console,file]", "trainer.project_name=same_as_verl",
+        f"trainer.experiment_name={name}", f"trainer.default_local_dir={out / name}",
+        "ray_kwargs.ray_init.num_cpus=6", "+ray_kwargs.ray_init.num_gpus=1", "+ray_kwargs.ray_init.include_dashboard=false",
+        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM=cpu",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={out / (name + '.jsonl')}",
+        "+ray_kwargs.ray_init.runtime_env.env_vars.TQ_NUM_THREADS='1'",
+    ]
+
+
+def train(module: str, keys: list[str], cwd: Path, cache: Path, ok: bool = True) -> str:
+    env = {**os.environ, "VERL_ERC_CACHE_DIR": str(cache), "VERL_PLATFORM": "cpu"}  # verl's entry point has no preflight
+    proc = subprocess.run([sys.executable, "-m", module, *keys], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert (proc.returncode == 0) == ok, log[-20000:]
+    return log
+
+
+def training_metrics(path: Path) -> dict[int, dict[str, float]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return {
+        r["step"]: {k: v for k, v in r["data"].items() if not k.startswith(UNTIMED) and isinstance(v, (int, float))}
+        for r in records
+        if "actor/pg_loss" in r["data"]
+    }
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    skip_if_gpu_visible()
+    cache = tmp_path_factory.mktemp("cache")
+    code = "import json; from verl_erc.cpu.assets import asset_path; print(json.dumps({k: asset_path(k) for k in ('model', 'train', 'val')}))"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VERL_ERC_CACHE_DIR": str(cache)},
+                          capture_output=True, text=True, timeout=600, check=True)
+    return cache, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_erc_off_is_verls_trainer_step_for_step(assets, tmp_path):
+    cache, paths = assets
+    verl_log = train("verl.trainer.main_ppo", cpu_keys(paths, tmp_path, "verl"), tmp_path, cache)
+    ours_log = train("verl_erc.main", ["--config-name", "erc_trainer", *cpu_keys(paths, tmp_path, "ours")], tmp_path, cache)
+    assert "verl_erc 0" in ours_log and "ERC off" in ours_log  # our entry point ran
+    for log in (verl_log, ours_log):
+        assert "ERC loss installed" not in log and "verl_erc step" not in log
+    verl, ours = training_metrics(tmp_path / "verl.jsonl"), training_metrics(tmp_path / "ours.jsonl")
+    assert sorted(verl) == sorted(ours) == list(range(1, STEPS + 1))
+    for step in verl:
+        assert ours[step].keys() == verl[step].keys(), step
+        assert not [k for k in verl[step] if k.startswith("actor/erc_")]
+        samples = {k: (verl[step][k], ours[step][k]) for k in verl[step] if k.startswith(SAMPLE_METRICS)}
+        assert len(samples) >= 10 and all(a == b for a, b in samples.values()), (step, samples)
+        differ = {k: (a, ours[step][k]) for k, a in verl[step].items() if not math.isclose(a, ours[step][k], rel_tol=1e-5, abs_tol=1e-4)}
+        assert not differ, (step, differ)
+        for key in ("actor/pg_loss", "actor/grad_norm", "actor/pg_clipfrac", "actor/entropy"):
+            assert key in verl[step]
+    assert len({verl[s]["critic/score/mean"] for s in verl}) > 1  # real, varying training
+
+
+def test_verl_entry_point_with_erc_on_applies_it(assets, tmp_path):
+    """python -m verl.trainer.main_ppo, ERC on: the plugin's trainer (mode 'sync') runs ERC."""
+    cache, paths = assets
+    keys = [*cpu_keys(paths, tmp_path, "verl_erc_on"), "trainer.total_training_steps=2", *ERC_VIA_VERL]
+    log = train("verl.trainer.main_ppo", keys, tmp_path, cache)
+    assert "ERC loss installed in the actor workers" in log
+    steps = training_metrics(tmp_path / "verl_erc_on.jsonl")
+    assert sorted(steps) == [1, 2]
+    assert all("actor/erc_clipfrac" in data and "actor/erc_ratio_mean" in data for data in steps.values())
+
+
+def test_verl_entry_point_refuses_erc_it_cannot_apply(assets, tmp_path):
+    cache, paths = assets
+    # verl's own actor config has no ERC field: refused at verl's config check, before Ray starts
+    log = train("verl.trainer.main_ppo", [*cpu_keys(paths, tmp_path, "a"), "+actor_rollout_ref.actor.erc.enable=true"],
+                tmp_path, cache, ok=False)
+    assert "unexpected keyword argument 'erc'" in log and "ray init kwargs" not in log
+    # verl's legacy trainer never installs ERC's loss: the engine hook stops the first actor update
+    log = train("verl.trainer.main_ppo", [*cpu_keys(paths, tmp_path, "b"), *ERC_VIA_VERL, "trainer.use_v1=false"],
+                tmp_path, cache, ok=False)
+    assert "the trainer did not install ERC" in log
+    assert not (tmp_path / "b.jsonl").exists() or "actor/pg_loss" not in (tmp_path / "b.jsonl").read_text()
