@@ -36,8 +36,11 @@ setup(
         "markdown>=3.4",
     ],
     extras_require={
-        # GPU rollout and kernels: CUDA-only wheels, never needed on the CPU path
-        "gpu": ["vllm>=0.11", "flash-attn>=2.7"],
+        # GPU rollout: verl 0.9.1's own [vllm] set (vllm==0.24.0, torch==2.11.0, transformers==5.9.0,
+        # mbridge). Pinned set: requirements/constraints-gpu.txt. flash-attn is NOT here: it ships only
+        # as an sdist that imports torch at build time, so it fails in pip's isolated build. Install it
+        # after this extra, with verl's pin: pip install flash-attn==2.8.3 --no-build-isolation
+        "gpu": ["verl[vllm]==0.9.1"],
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
     },
     entry_points={"verl.plugins": ["verl_erc = verl_erc.plugin"]},
