@@ -3,7 +3,7 @@
 import torch
 
 from cpu_subprocess import run_cpu_script
-from verl_erc.entropy import combine_shard_entropy, entropy_no_grad
+from verl_erc.entropy import combine_shard_entropy
 
 
 def test_shard_statistics_combine_to_the_entropy():
