@@ -31,8 +31,8 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-from verl_erc.entropy import DEFAULT_CHUNK_SIZE, entropy_no_grad, vocab_parallel_entropy_no_grad
 from verl_erc.config import ERC_KEY
+from verl_erc.entropy import DEFAULT_CHUNK_SIZE, entropy_no_grad, vocab_parallel_entropy_no_grad
 from verl_erc.losses import CURRENT_ENTROPY_KEY, ErcInputError, erc_ppo_loss
 
 #: non-tensor batch keys the hook sets when the loss is ERC's (read back per micro-batch).
