@@ -51,3 +51,10 @@ def test_seeds_run_both_configs_per_seed_named_for_seed_groups():
     assert groups == {"dapo": {1: "dapo-seed1", 2: "dapo-seed2"}, "erc_dapo": {1: "erc_dapo-seed1", 2: "erc_dapo-seed2"}}
     assert pair_runs(list(groups), []) == {"erc_dapo": "dapo"}
     assert demo.plan_runs(None, []) == [("cpu_demo_baseline", "dapo", []), ("cpu_demo", "erc_dapo", [])]
+
+
+def test_a_repeated_seed_is_refused_before_anything_is_created(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "new"), "--seeds", "1", "1"])
+    assert "each seed once" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

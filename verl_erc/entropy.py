@@ -61,6 +61,30 @@ def _chunk_bounds(n_rows: int, step: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def _row_temperatures(temperature, lead_shape: torch.Size, device) -> torch.Tensor | None:
+    """One temperature per row (flattened ``lead_shape``), or None for no scaling (None or 1.0).
+
+    A tensor broadcastable to ``lead_shape``, or of shape ``lead_shape + (1,)`` (as verl passes
+    ``temperature_rmpad.unsqueeze(-1)``); a float fills every row.
+    """
+    if isinstance(temperature, torch.Tensor):
+        t = temperature
+        if t.dim() == len(lead_shape) + 1 and t.shape[-1] == 1:
+            t = t.squeeze(-1)
+        return t.to(device).expand(lead_shape).reshape(-1)
+    if temperature is not None and float(temperature) != 1.0:
+        return torch.full((lead_shape.numel(),), float(temperature), device=device)
+    return None
+
+
+def _scale_rows(block: torch.Tensor, temps: torch.Tensor | None, start: int, end: int) -> torch.Tensor:
+    """Rows ``start:end`` of the logits divided by their temperatures, as verl's engine scales them:
+    ``logits / temperature.clamp(min=1e-8).to(logits.dtype)``."""
+    if temps is None:
+        return block
+    return block / temps[start:end].clamp(min=1e-8).to(block.dtype).unsqueeze(-1)
+
+
 @torch.no_grad()
 def entropy_no_grad(
     logits: torch.Tensor,
@@ -98,22 +122,11 @@ def entropy_no_grad(
     n_rows = rows.shape[0]
     step = effective_chunk_rows(vocab, chunk_size, rows.device)  # raises ValueError for chunk_size <= 0
 
-    temps = None
-    if isinstance(temperature, torch.Tensor):
-        t = temperature
-        if t.dim() == logits.dim() and t.shape[-1] == 1:
-            t = t.squeeze(-1)
-        temps = t.to(rows.device).expand(lead_shape).reshape(-1)
-    elif temperature is not None and float(temperature) != 1.0:
-        temps = torch.full((n_rows,), float(temperature), device=rows.device)
+    temps = _row_temperatures(temperature, lead_shape, rows.device)
 
     out = None  # allocated from the first chunk's dtype (fp32 under bf16 CUDA autocast, as in verl)
     for start, end in _chunk_bounds(n_rows, step):
-        block = rows[start:end]
-        if temps is not None:
-            # verl: logits / temperature.clamp(min=1e-8).to(logits.dtype)
-            block = block / temps[start:end].clamp(min=1e-8).to(block.dtype).unsqueeze(-1)
-        ent = entropy_fn(block)
+        ent = entropy_fn(_scale_rows(rows[start:end], temps, start, end))
         if out is None:
             out = torch.empty(n_rows, dtype=ent.dtype, device=ent.device)
         out[start:end] = ent
@@ -152,16 +165,10 @@ def vocab_parallel_entropy_no_grad(
 
     n_rows, vocab = local_logits.shape
     step = effective_chunk_rows(vocab, chunk_size, local_logits.device)
-    temps = None
-    if isinstance(temperature, torch.Tensor):
-        temps = temperature.reshape(-1).to(local_logits.device)
-    elif temperature is not None and float(temperature) != 1.0:
-        temps = torch.full((n_rows,), float(temperature), device=local_logits.device)
+    temps = _row_temperatures(temperature, local_logits.shape[:-1], local_logits.device)
     out = torch.empty(n_rows, dtype=torch.float32, device=local_logits.device)
     for start, end in _chunk_bounds(n_rows, step):
-        block = local_logits[start:end].float()
-        if temps is not None:
-            block = block / temps[start:end].clamp(min=1e-8).unsqueeze(-1)
+        block = _scale_rows(local_logits[start:end].float(), temps, start, end)
         row_max = block.max(dim=-1).values
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
         shifted = (block - row_max.unsqueeze(-1)).exp()
