@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 
 
 def free_port() -> int:
@@ -54,3 +55,19 @@ def run_cpu_script(script: str, *, timeout: float = 600, env: dict[str, str] | N
     if proc.returncode != 0:
         raise AssertionError(f"CPU test script failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def removes_new_shm():
+    """Around a child run (serial tests only): remove the ``/dev/shm`` files that appeared during it.
+
+    For runs through verl's own entry point, which leaves vLLM's queues behind (``verl_erc.main``
+    removes its own, see ``verl_erc/shm.py``).
+    """
+    from verl_erc.shm import SHM_DIR, remove_leftovers
+
+    before = set(os.listdir(SHM_DIR))
+    try:
+        yield
+    finally:
+        remove_leftovers(set(os.listdir(SHM_DIR)) - before)

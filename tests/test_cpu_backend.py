@@ -43,8 +43,9 @@ lm_cls = EngineRegistry.get_engine_cls("language_model", "fsdp2")
 report["lm_engine"] = lm_cls.__name__
 report["lm_engine_mro"] = [c.__name__ for c in lm_cls.__mro__[:3]]
 report["value_engine"] = EngineRegistry.get_engine_cls("value_model", "fsdp2").__name__
-report["rollout_adapter"] = get_rollout_class("hf", "async").__qualname__
-report["rollout_replica"] = RolloutReplicaRegistry.get("hf").__qualname__
+adapter, replica = get_rollout_class("vllm", "async"), RolloutReplicaRegistry.get("vllm")
+report["rollout_adapter"] = f"{adapter.__module__}.{adapter.__qualname__}"
+report["rollout_replica"] = f"{replica.__module__}.{replica.__qualname__}"
 
 engine_workers.initialize_global_process_group_ray(timeout_second=None)  # verl's call, default backend
 report["process_group_backend"] = torch.distributed.get_backend()
@@ -156,8 +157,9 @@ def test_registries_resolve_the_cpu_pieces(report):
     assert report["lm_engine"] == "CPUFSDPEngineWithLMHead"
     assert report["lm_engine_mro"] == ["CPUFSDPEngineWithLMHead", "ErcEntropyMixin", "FSDPEngineWithLMHead"]
     assert report["value_engine"] == "CPUFSDPEngineWithValueHead"
-    assert report["rollout_adapter"] == "HFServerAdapter"
-    assert report["rollout_replica"] == "HFReplica"
+    # the rollout is verl's own vLLM rollout: nothing of ours is registered for it
+    assert report["rollout_adapter"] == "verl.workers.rollout.vllm_rollout.vllm_rollout.ServerAdapter"
+    assert report["rollout_replica"] == "verl.workers.rollout.vllm_rollout.vllm_async_server.vLLMReplica"
 
 
 def test_verls_process_group_init_uses_gloo(report):

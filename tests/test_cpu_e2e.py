@@ -3,7 +3,7 @@
 A real Ray cluster, verl's real V1 trainer, TransferQueue, agent loop, reward loop and naive
 weight sync, with ERC's loss and entropy hook in the workers. Everything asserted here is read
 from the runs' own output: verl's file logger (JSONL metrics), the checkpoint folder, the logs
-and the comparison report. Select with ``pytest -m cpu_e2e``; about 5 minutes on 2 cores.
+and the comparison report. Select with ``pytest -m cpu_e2e``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ import pytest
 from cpu_subprocess import skip_if_gpu_visible
 
 from verl_erc.cpu.demo import run_command
+from verl_erc.cpu.preflight import WORKER_EXTENSION
+from verl_erc.shm import SHM_DIR
 
 pytestmark = pytest.mark.cpu_e2e
 
@@ -116,6 +119,15 @@ def test_every_step_logs_erc_metrics_computed_from_both_entropies(runs):
 def test_rollout_weights_follow_the_actor(runs):
     # step 2 samples with the weights synced after step 1's update: rollout and actor log-probs agree
     assert runs["first"][2]["training/rollout_probs_diff_max"] < 1e-3
+
+
+def test_rollout_is_verls_vllm_and_the_run_removes_the_shared_memory_it_left(runs):
+    log = runs["first_log"]
+    assert "vLLMHttpServer" in log and WORKER_EXTENSION in log  # verl's vLLM server, with the CPU worker extension
+    removed = re.findall(r"removed the shared memory the run left in /dev/shm: (.*)", log)
+    assert len(removed) == 1, "no /dev/shm clean-up line"
+    names = re.findall(r"(psm_\w+) \(\d+ MiB\)", removed[0])
+    assert names and not [name for name in names if (SHM_DIR / name).exists()]
 
 
 def test_checkpoint_written_and_resumed_run_continues_the_global_step(runs):

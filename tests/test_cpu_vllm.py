@@ -1,0 +1,133 @@
+"""verl's vLLM rollout on the CPU: the ``vllm`` alias, the vLLM shim and its pin, the /dev/shm clean-up.
+
+The vLLM checks run in one child process (importing vLLM is slow, and the shim patches a vLLM
+class for the process). ``test_vllm_cpu_drops_linear_weights`` pins the vLLM code under shim 3
+(``verl_erc/cpu/shims.py``): it fails when vLLM changes there; re-check the shim then.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from cpu_subprocess import run_cpu_script
+
+from verl_erc.cpu.preflight import WORKER_EXTENSION
+from verl_erc.shm import SHM_DIR, mapped_shm_files, remove_leftovers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VLLM_SCRIPT = r"""
+import inspect, json
+import torch
+import verl.third_party.vllm as verl_vllm  # reads importlib.metadata.version("vllm")
+from vllm.platforms import current_platform
+from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+from verl_erc.cpu import shims
+
+report = {"verl_sees_vllm": verl_vllm.package_version, "vllm_platform_is_cpu": current_platform.is_cpu()}
+report["process_weights_source"] = inspect.getsource(UnquantizedLinearMethod.process_weights_after_loading)
+
+torch.manual_seed(0)
+x, w1, w2 = torch.randn(3, 8), torch.randn(4, 8), torch.randn(4, 8)
+
+
+def linear_layer():
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(w1.clone(), requires_grad=False)
+    return layer
+
+
+layer = linear_layer()
+UnquantizedLinearMethod().process_weights_after_loading(layer)  # vLLM's own post-load step
+report["vllm_weight_numel_after_packing"] = layer.weight.numel()
+
+shims.keep_vllm_cpu_linear_weights()
+shims.keep_vllm_cpu_linear_weights()  # idempotent
+method, layer = UnquantizedLinearMethod(), linear_layer()
+method.process_weights_after_loading(layer)
+report["shim_weight_kept"] = torch.equal(layer.weight, w1)
+report["shim_packed_matches_linear"] = (method.apply(layer, x) - x @ w1.T).abs().max().item()
+layer.weight.data.copy_(w2)  # verl's in-place reload, then its second post-load pass
+method.process_weights_after_loading(layer)
+report["shim_after_reload_matches_new_weights"] = (method.apply(layer, x) - x @ w2.T).abs().max().item()
+
+from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
+from verl_erc.cpu.vllm_worker import CPUColocateWorkerExtension
+
+report["extension_is_verls"] = issubclass(CPUColocateWorkerExtension, vLLMColocateWorkerExtension)
+report["extension_path"] = f"{CPUColocateWorkerExtension.__module__}.{CPUColocateWorkerExtension.__qualname__}"
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def report():
+    return run_cpu_script(VLLM_SCRIPT, timeout=300)
+
+
+def test_vllm_alias_names_the_cpu_build_verl_and_vllm_read(report):
+    cpu_build = importlib.metadata.version("vllm-cpu")
+    assert importlib.metadata.version("vllm") == f"{cpu_build}+cpu"
+    assert importlib.metadata.requires("vllm") == [f"vllm-cpu=={cpu_build}"]
+    alias_setup = (ROOT / "packaging" / "vllm-cpu-alias" / "setup.py").read_text()
+    assert f'VLLM_CPU = "{cpu_build}"' in alias_setup
+    assert f"vllm-cpu=={cpu_build}\n" in (ROOT / "requirements" / "constraints-cpu.txt").read_text()
+    assert report["verl_sees_vllm"] == f"{cpu_build}+cpu"
+    assert report["vllm_platform_is_cpu"] is True  # vLLM infers its device from the "+cpu"
+
+
+def test_vllm_cpu_drops_linear_weights_after_packing(report):
+    """Why shim 3 exists: vLLM-CPU empties the weight verl's sync loads into."""
+    assert "dispatch_cpu_unquantized_gemm(layer, remove_weight=True)" in report["process_weights_source"]
+    assert report["vllm_weight_numel_after_packing"] == 0
+
+
+def test_shim_keeps_the_weight_and_repacks_after_an_in_place_reload(report):
+    assert report["shim_weight_kept"] is True
+    assert report["shim_packed_matches_linear"] < 1e-5
+    assert report["shim_after_reload_matches_new_weights"] < 1e-5
+
+
+def test_cpu_configs_name_the_worker_extension_that_installs_the_shim(report):
+    assert report["extension_is_verls"] is True
+    assert report["extension_path"] == WORKER_EXTENSION
+    assert f"worker_extension_cls: {WORKER_EXTENSION}" in (ROOT / "hydra_conf" / "cpu_demo_base.yaml").read_text()
+    assert "shims.keep_vllm_cpu_linear_weights()" in (ROOT / "verl_erc" / "cpu" / "vllm_worker.py").read_text()
+
+
+LEAKER = r"""
+import sys, time
+from multiprocessing import resource_tracker, shared_memory
+shm = shared_memory.SharedMemory(create=True, size=1 << 20)
+resource_tracker.unregister(shm._name, "shared_memory")  # as a SIGKILLed vLLM process: nobody unlinks it
+print(shm.name, flush=True)
+time.sleep(600)
+"""
+
+
+def test_shared_memory_a_killed_process_mapped_is_removed_by_name_and_nothing_else():
+    other = SHM_DIR / "verl_erc_test_not_ours"
+    other.write_bytes(b"x")
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LEAKER)], stdout=subprocess.PIPE, text=True)
+    try:
+        name = child.stdout.readline().strip()
+        assert re.fullmatch(r"psm_\w+", name)
+        names = mapped_shm_files([child.pid, 999999999])  # a gone PID is skipped
+        assert names == {name}
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        assert (SHM_DIR / name).exists()  # the leak the run clean-up is for
+        assert remove_leftovers(names | {"psm_never_there"}) == {name: 1 << 20}
+        assert not (SHM_DIR / name).exists() and other.exists()
+    finally:
+        child.kill()
+        other.unlink()

@@ -1,0 +1,94 @@
+"""Removes the POSIX shared memory a run's processes leave behind in ``/dev/shm``.
+
+vLLM's message queues between its engine and workers live in ``SharedMemory`` segments
+(``/dev/shm/psm_*``) that the creating process unlinks when it exits normally. Ray stops a job's
+actors with SIGKILL, so every run on vLLM leaves them behind: 240 + 160 MiB per CPU demo run,
+which fills a laptop's ``/dev/shm`` within a few runs. Only runs that start their own Ray node
+(``ray_kwargs.ray_init.address=local``) are cleaned: before that node stops, the files under
+``/dev/shm`` that its processes map are recorded by name; after it stopped, those still present
+are removed. Nothing another job created is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+SHM_DIR = Path("/dev/shm")
+
+
+def mapped_shm_files(pids) -> set[str]:
+    """Names of the files under ``/dev/shm`` that the processes ``pids`` map (gone processes are skipped)."""
+    names = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+            path = fields[5] if len(fields) == 6 else ""
+            if path.startswith(f"{SHM_DIR}/") and not path.endswith("(deleted)"):
+                names.add(path[len(str(SHM_DIR)) + 1 :])
+    return names
+
+
+def local_ray_node_pids() -> list[int]:
+    """PIDs of the Ray node this process started (its processes and all their descendants); [] if none."""
+    import psutil
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # set only where ray.init started the node
+    if not ray.is_initialized() or node is None or not node.head:
+        return []
+    roots = [info.process.pid for infos in node.all_processes.values() for info in infos if info.process]
+    pids = set(roots)
+    for pid in roots:
+        try:
+            pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            continue
+    return sorted(pids)
+
+
+def remove_leftovers(names: set[str]) -> dict[str, int]:
+    """Unlink those of ``names`` still under ``/dev/shm``; returns the removed ones' sizes in bytes."""
+    removed = {}
+    for name in sorted(names):
+        try:
+            size = (SHM_DIR / name).stat().st_size
+            os.unlink(SHM_DIR / name)
+        except FileNotFoundError:
+            continue
+        removed[name] = size
+    return removed
+
+
+@contextmanager
+def removes_run_shared_memory():
+    """Around a run: at its end (also on error), stop the Ray node it started and remove what its processes left in /dev/shm."""
+    try:
+        yield
+    finally:
+        import psutil
+        import ray
+
+        pids = local_ray_node_pids()
+        names = mapped_shm_files(pids)
+        if pids:
+            ray.shutdown()
+            psutil.wait_procs([p for p in map(_process, pids) if p], timeout=30)
+        removed = remove_leftovers(names)
+        if removed:
+            listing = ", ".join(f"{name} ({size / 2**20:.0f} MiB)" for name, size in removed.items())
+            print(f"verl_erc: removed the shared memory the run left in {SHM_DIR}: {listing}", flush=True)
+
+
+def _process(pid: int):
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
