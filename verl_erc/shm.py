@@ -4,14 +4,16 @@ vLLM's message queues between its engine and workers live in ``SharedMemory`` se
 (``/dev/shm/psm_*``) that the creating process unlinks when it exits normally. Ray stops a job's
 actors with SIGKILL, so every run on vLLM leaves them behind: 240 + 160 MiB per CPU demo run,
 which fills a laptop's ``/dev/shm`` within a few runs. Only runs that start their own Ray node
-(``ray_kwargs.ray_init.address=local``) are cleaned: before that node stops, the files under
-``/dev/shm`` that its processes map are recorded by name; after it stopped, those still present
-are removed. Nothing another job created is touched.
+(``ray_kwargs.ray_init.address=local``) are cleaned: while the run lasts, the files under
+``/dev/shm`` that the node's processes map are recorded by name every few seconds; after the node
+stopped, those still present that no living process maps are removed. Nothing another job
+created is touched.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,20 +68,36 @@ def remove_leftovers(names: set[str]) -> dict[str, int]:
 
 
 @contextmanager
-def removes_run_shared_memory():
-    """Around a run: at its end (also on error), stop the Ray node it started and remove what its processes left in /dev/shm."""
+def removes_run_shared_memory(poll_s: float = 5.0):
+    """Around a run: record the /dev/shm files its Ray node's processes map (every ``poll_s``, since
+    Ray may stop vLLM's actors before the run ends), then, at its end (also on error), stop the node
+    and remove those files that are still there and that no living process maps."""
+    import psutil
+    import ray
+
+    names: set[str] = set()
+    stop = threading.Event()
+
+    def record() -> None:
+        names.update(mapped_shm_files(local_ray_node_pids()))
+
+    def watch() -> None:
+        while not stop.wait(poll_s):
+            record()
+
+    watcher = threading.Thread(target=watch, name="verl_erc-shm-watch", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        import psutil
-        import ray
-
+        stop.set()
+        watcher.join()
+        record()
         pids = local_ray_node_pids()
-        names = mapped_shm_files(pids)
         if pids:
             ray.shutdown()
             psutil.wait_procs([p for p in map(_process, pids) if p], timeout=30)
-        removed = remove_leftovers(names)
+        removed = remove_leftovers(names - mapped_shm_files(psutil.pids()))
         if removed:
             listing = ", ".join(f"{name} ({size / 2**20:.0f} MiB)" for name, size in removed.items())
             print(f"verl_erc: removed the shared memory the run left in {SHM_DIR}: {listing}", flush=True)
