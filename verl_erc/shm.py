@@ -22,6 +22,7 @@ SHM_DIR = Path("/dev/shm")
 
 def mapped_shm_files(pids) -> set[str]:
     """Names of the files under ``/dev/shm`` that the processes ``pids`` map (gone processes are skipped)."""
+    prefix = f"{SHM_DIR}/"
     names = set()
     for pid in pids:
         try:
@@ -31,8 +32,8 @@ def mapped_shm_files(pids) -> set[str]:
         for line in maps.splitlines():
             fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
             path = fields[5] if len(fields) == 6 else ""
-            if path.startswith(f"{SHM_DIR}/") and not path.endswith("(deleted)"):
-                names.add(path[len(str(SHM_DIR)) + 1 :])
+            if path.startswith(prefix) and not path.endswith("(deleted)"):
+                names.add(path[len(prefix) :])
     return names
 
 
@@ -78,12 +79,9 @@ def removes_run_shared_memory(poll_s: float = 5.0):
     names: set[str] = set()
     stop = threading.Event()
 
-    def record() -> None:
-        names.update(mapped_shm_files(local_ray_node_pids()))
-
     def watch() -> None:
         while not stop.wait(poll_s):
-            record()
+            names.update(mapped_shm_files(local_ray_node_pids()))
 
     watcher = threading.Thread(target=watch, name="verl_erc-shm-watch", daemon=True)
     watcher.start()
@@ -92,8 +90,8 @@ def removes_run_shared_memory(poll_s: float = 5.0):
     finally:
         stop.set()
         watcher.join()
-        record()
         pids = local_ray_node_pids()
+        names.update(mapped_shm_files(pids))
         if pids:
             ray.shutdown()
             psutil.wait_procs([p for p in map(_process, pids) if p], timeout=30)

@@ -4,7 +4,7 @@ Runs ``python -m verl_erc.main --config-name cpu_demo_baseline`` and ``--config-
 (verl's real trainer on CPU, see ``hydra_conf/cpu_demo_base.yaml``) into one fresh output
 directory, then writes the comparison report of :mod:`verl_erc.compare` for the two runs::
 
-    python -m verl_erc.cpu.demo                                   # ~2 x 6 minutes on 2 cores
+    python -m verl_erc.cpu.demo                                   # ~2 x 9 minutes on 2 cores
     python -m verl_erc.cpu.demo --out /tmp/demo trainer.total_training_steps=10   # overrides go to both runs
     python -m verl_erc.cpu.demo --seeds 1 2 3                     # both runs per seed; compare groups seeds
 
