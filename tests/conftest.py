@@ -1,4 +1,4 @@
-"""Shared test helpers: actor configs for the loss tests (no GPU, no hub)."""
+"""Shared test helpers: actor configs for the loss tests, the rehearsals' asset cache (no GPU, no hub)."""
 
 import pytest
 from verl.workers.config import PolicyLossConfig
@@ -26,3 +26,21 @@ def make_actor_config(loss_mode: str = "vanilla", erc: bool | ErcConfig = True, 
 @pytest.fixture
 def actor_config():
     return make_actor_config
+
+
+@pytest.fixture(scope="session")
+def rehearsal_cache(tmp_path_factory):
+    """A cache with the rehearsals' model and data, built once per session; ``VERL_ERC_CACHE_DIR`` points at it."""
+    import os
+
+    from verl_erc.cpu import assets
+
+    cache = tmp_path_factory.mktemp("verl_erc_cache")
+    previous = os.environ.get(assets.CACHE_ENV)
+    os.environ[assets.CACHE_ENV] = str(cache)
+    assets.ensure_assets()
+    yield cache
+    if previous is None:
+        os.environ.pop(assets.CACHE_ENV, None)
+    else:
+        os.environ[assets.CACHE_ENV] = previous

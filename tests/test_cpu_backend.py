@@ -138,8 +138,8 @@ print(json.dumps(report))
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    return run_cpu_script(ENGINE_SCRIPT, env={"VERL_ERC_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))})
+def report(rehearsal_cache):
+    return run_cpu_script(ENGINE_SCRIPT, env={"VERL_ERC_CACHE_DIR": str(rehearsal_cache)})
 
 
 def test_plugin_entry_point_loads_the_cpu_backend(report):

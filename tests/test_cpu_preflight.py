@@ -15,18 +15,22 @@ from verl_erc.cpu.platform import CpuSelectedOnGpuMachineError
 from verl_erc.cpu.preflight import PreflightError, check_ray_resources, cpu_config_problems, preflight
 
 
-def demo_config(*overrides: str):
+#: a paper recipe's laptop rehearsal (recipes/rehearse.sh passes the paths of the local assets)
+REHEARSAL = ["+rehearsal=laptop", "actor_rollout_ref.model.path=/models/tiny", "data.train_files=/d/train.parquet",
+             "data.val_files=/d/val.parquet"]
+
+
+def rehearsal_config(*overrides: str, name: str = "erc_dapo_7b"):
     with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
-        return compose(config_name="cpu_demo", overrides=list(overrides))
+        return compose(config_name=name, overrides=[*REHEARSAL, *overrides])
 
 
-def test_demo_configs_pass():
-    for name in ("cpu_demo", "cpu_demo_baseline"):
-        with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
-            config = compose(config_name=name)
-        assert config.trainer.device == "cpu"
-        assert cpu_config_problems(config) == []
-        check_ray_resources(config)
+@pytest.mark.parametrize("name", ["erc_dapo_7b", "dapo_1p5b", "kl_penalty_7b", "grpo_7b"])
+def test_rehearsal_configs_pass(name):
+    config = rehearsal_config(name=name)
+    assert config.trainer.device == "cpu"
+    assert cpu_config_problems(config) == []
+    check_ray_resources(config)
 
 
 @pytest.mark.parametrize(
@@ -42,15 +46,15 @@ def test_demo_configs_pass():
         ("~actor_rollout_ref.model.override_config.attn_implementation", "attn_implementation=sdpa"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels"),
         ("trainer.v1.trainer_mode=separate_async", "trainer_mode=separate_async"),
-        ("critic.enable=true", "critic.strategy"),  # passes: the demo's critic is CPU-ready
+        ("critic.enable=true", "critic.strategy=fsdp"),  # the recipes have no critic: its settings are verl's
     ],
 )
 def test_each_cpu_problem_is_named_with_its_fix(override, named):
-    problems = cpu_config_problems(demo_config(override))
-    if override == "critic.enable=true":
-        assert problems == []
-        problems = cpu_config_problems(demo_config(override, "critic.strategy=fsdp"))
+    extra = ["+critic.model.override_config.attn_implementation=sdpa"] if override == "critic.enable=true" else []
+    problems = cpu_config_problems(rehearsal_config(override, *extra))
     assert len(problems) == 1 and named in problems[0], problems
+    if override == "critic.enable=true":  # a CPU-ready critic passes
+        assert cpu_config_problems(rehearsal_config(override, *extra, "critic.strategy=fsdp2")) == []
 
 
 @pytest.mark.parametrize(
@@ -64,14 +68,14 @@ def test_each_cpu_problem_is_named_with_its_fix(override, named):
 )
 def test_ray_resource_shortfalls_fail_fast_with_every_consumer_listed(overrides, named):
     with pytest.raises(PreflightError, match="wait for them forever") as error:
-        check_ray_resources(demo_config(*overrides))
+        check_ray_resources(rehearsal_config(*overrides))
     assert named in str(error.value)
     assert "TransferQueue controller" in str(error.value)
 
 
 def test_cuda_visible_devices_that_ray_would_refuse_is_named(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    config = demo_config()
+    config = rehearsal_config()
     from verl_erc.cpu import preflight as module
 
     assert "unset it" in module._visible_devices_problems(config)[0]
@@ -83,7 +87,7 @@ def test_gpu_backend_without_a_gpu_is_refused():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(PreflightError, match="torch sees no CUDA device"):
-        preflight(demo_config("trainer.device=cuda"))
+        preflight(rehearsal_config("trainer.device=cuda"))
 
 
 def test_cpu_backend_on_a_gpu_machine_is_refused(monkeypatch):
@@ -91,12 +95,13 @@ def test_cpu_backend_on_a_gpu_machine_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(CpuSelectedOnGpuMachineError, match="torch sees 1 CUDA device"):
-        preflight(demo_config())
+        preflight(rehearsal_config())
 
 
 def test_trainer_device_cpu_selects_the_platform_here_and_for_ray_workers():
     report = run_cpu_script(
         r"""
+        REHEARSAL = %r
         import json, os
         import verl
         from hydra import compose, initialize_config_module
@@ -104,7 +109,7 @@ def test_trainer_device_cpu_selects_the_platform_here_and_for_ray_workers():
         from verl_erc.cpu.preflight import preflight
 
         with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
-            config = compose(config_name="cpu_demo", overrides=["~ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM"])
+            config = compose(config_name="erc_dapo_7b", overrides=[*REHEARSAL, "~ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM"])
         before = os.environ.get("VERL_PLATFORM")
         preflight(config)
         print(json.dumps({
@@ -113,7 +118,8 @@ def test_trainer_device_cpu_selects_the_platform_here_and_for_ray_workers():
             "platform": type(get_platform()).__name__,
             "worker_env": config.ray_kwargs.ray_init.runtime_env.env_vars.get("VERL_PLATFORM"),
         }))
-        """,
+        """
+        % (REHEARSAL,),
         env={"VERL_PLATFORM": ""},
     )
     assert report == {"before": "", "env": "cpu", "platform": "PlatformCPU", "worker_env": "cpu"}
@@ -123,7 +129,7 @@ def test_entry_point_reports_a_bad_setting_instead_of_hanging(tmp_path):
     """verl's default TransferQueue storage (8 units) would wait forever for Ray CPUs; the run exits with why."""
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_erc.main", "--config-name", "cpu_demo",
+        [sys.executable, "-m", "verl_erc.main", "--config-name", "erc_dapo_7b", *REHEARSAL,
          "transfer_queue.backend.SimpleStorage.num_data_storage_units=8"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )

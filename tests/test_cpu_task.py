@@ -1,61 +1,46 @@
-"""The CPU demo's toy task and its locally built assets (tokenizer, tiny Qwen2, parquet)."""
+"""The rehearsals' toy task (paper-schema sources through ``python -m verl_erc.data``) and its locally built assets."""
 
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pandas as pd
-import pytest
 import torch
 
+from verl_erc import data
 from verl_erc.cpu import assets, task
+from verl_erc.reward import last_boxed
 
 
-@pytest.mark.parametrize(
-    "response, truth, score",
-    [
-        ("7", "7", 1.0),
-        ("7\n", "7", 1.0),
-        (" 7 ", "7", 1.0),
-        ("0", "0", 1.0),
-        ("8", "7", 0.0),
-        ("71", "7", 0.0),
-        ("17", "7", 0.0),
-        ("7.", "7", 0.0),
-        ("7 is the sum", "7", 0.0),  # the answer and nothing else
-        ("the sum is 7", "7", 0.0),
-        ("07", "7", 0.0),
-        ("", "7", 0.0),
-        ("assistant", "7", 0.0),
-    ],
-)
-def test_compute_score_hand_cases(response, truth, score):
-    assert task.compute_score(task.DATA_SOURCE, response, truth) == score
-
-
-def test_compute_score_refuses_other_data_sources():
-    with pytest.raises(ValueError, match="digit_sum"):
-        task.compute_score("openai/gsm8k", "7", "7")
-
-
-def test_pairs_are_the_single_digit_successors():
-    assert task.pairs() == [(a, 1) for a in range(9)]
-    assert task.question(3, 1) == "3+1="
-
-
-def test_parquet_rows_follow_verls_rl_dataset_layout(tmp_path):
-    files = task.write_parquet(tmp_path, repeats=2, seed=0)
-    train, val = pd.read_parquet(files["train"]), pd.read_parquet(files["val"])
-    assert len(train) == 18 and len(val) == 9
+def test_sources_are_in_the_hub_schemas_the_converter_reads(tmp_path):
+    files = task.write_sources(tmp_path, repeats=2)
+    assert sorted(files) == ["aime24", "math500", data.TRAIN]
+    train = pd.read_json(files[data.TRAIN], lines=True)
+    assert len(train) == 2 * 9 * 2 and set(train.columns) == {"data_source", "prompt", "ability", "reward_model"}
     row = train.iloc[0]
-    assert row["data_source"] == task.DATA_SOURCE
-    assert list(row["prompt"]) == [{"role": "user", "content": row["prompt"][0]["content"]}]
-    a, b = row["extra_info"]["a"], row["extra_info"]["b"]
-    assert row["prompt"][0]["content"] == f"{a}+{b}="
-    assert row["reward_model"]["ground_truth"] == str(a + b)
-    # every row is scorable by the checker with its own ground truth
-    for _, r in val.iterrows():
-        assert task.compute_score(r["data_source"], r["reward_model"]["ground_truth"], r["reward_model"]["ground_truth"]) == 1.0
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"] in task.questions(int(row["reward_model"]["ground_truth"]) - 1)
+    for name in task.BENCHMARKS:
+        bench = pd.read_json(files[name], lines=True, dtype=False)
+        assert list(bench.columns) == ["problem", "answer"] and len(bench) == 9
+        assert bench.iloc[3].tolist() == [task.PHRASINGS[name].format(a=3), "4"]
+
+
+def test_prepare_converts_with_the_users_converter(tmp_path):
+    paths = task.prepare(tmp_path / "raw", tmp_path / "data")
+    train, val = pd.read_parquet(paths["train"]), pd.read_parquet(paths["val"])
+    assert len(train) == 576 and set(train["data_source"]) == {data.TRAIN}
+    assert all(r[0]["content"].endswith(data.INSTRUCTION) for r in train["prompt"])
+    # two validation sources with the paper's avg@k
+    assert val.groupby("data_source")["__rollout_n__"].unique().map(list).to_dict() == {"aime24": [32], "math500": [4]}
+
+
+def test_responses_vary_in_length_and_end_in_a_boxed_digit():
+    rng = random.Random(0)
+    responses = [task.response(rng) for _ in range(200)]
+    words = [len(r.split()) - 1 for r in responses]
+    assert min(words) == task.FILLER_WORDS[0] and max(words) == task.FILLER_WORDS[1]
+    assert {last_boxed(r) for r in responses} == {str(d) for d in range(10)}
 
 
 def _digest(root):
@@ -66,11 +51,12 @@ def _digest(root):
     }
 
 
-def test_assets_build_deterministically(tmp_path):
-    first, second = assets.build_assets(tmp_path / "a"), assets.build_assets(tmp_path / "b")
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+def test_assets_build_deterministically(tmp_path, rehearsal_cache):
+    cached = assets.asset_root()
+    rebuilt = assets.build_assets(tmp_path / "b")
+    assert _digest(cached) == _digest(tmp_path / "b")
     for split in ("train", "val"):
-        pd.testing.assert_frame_equal(pd.read_parquet(first[split]), pd.read_parquet(second[split]))
+        pd.testing.assert_frame_equal(pd.read_parquet(assets.asset_paths(cached)[split]), pd.read_parquet(rebuilt[split]))
 
 
 def test_cache_dir_lookup(monkeypatch, tmp_path):
@@ -81,57 +67,58 @@ def test_cache_dir_lookup(monkeypatch, tmp_path):
     assert assets.cache_dir() == tmp_path / "xdg" / "verl_erc"
 
 
-def test_ensure_assets_builds_once_into_the_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path))
+def test_ensure_assets_builds_once_into_the_cache_and_prints_the_paths(rehearsal_cache, capsys):
     paths = assets.ensure_assets()
     assert paths["model"].is_dir() and paths["train"].is_file() and paths["val"].is_file()
     mtime = (paths["model"] / "model.safetensors").stat().st_mtime_ns
-    assert assets.ensure_assets() == paths
+    assert assets.main() == 0
+    assert capsys.readouterr().out.splitlines() == [f"model={paths['model']}", f"data={paths['train'].parent}"]
     assert (paths["model"] / "model.safetensors").stat().st_mtime_ns == mtime  # not rebuilt
-    assert assets.asset_path("train") == str(paths["train"])
-    with pytest.raises(ValueError, match="unknown"):
-        assets.asset_path("weights")
 
 
-def test_tokenizer_and_model_fit_the_task(monkeypatch, tmp_path):
+def _prompt_ids(tokenizer, question):
+    return list(tokenizer.apply_chat_template(assets._prompt(question), add_generation_prompt=True, tokenize=True)["input_ids"])
+
+
+def test_tokenizer_and_model_fit_the_task(rehearsal_cache):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path))
     model_dir = assets.ensure_assets()["model"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert model.config.model_type == "qwen2" and model.config.vocab_size == len(tokenizer)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "3+4="}], add_generation_prompt=True, tokenize=True)
-    ids = list(ids["input_ids"])
+    ids = _prompt_ids(tokenizer, "What is 3 + 1?")
     tokens = tokenizer.convert_ids_to_tokens(ids)
     assert tokens[0] == "<|im_start|>" and tokens[-3:] == ["<|im_start|>", "assistant", "Ċ"]
-    assert ["3", "+", "4", "="] == tokens[3:7]  # digits are single tokens
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "user\n3+4=\nassistant\n"
+    assert "3" in tokens  # digits are single tokens
+    assert tokenizer.decode(ids, skip_special_tokens=True) == f"user\nWhat is 3 + 1?\n{data.INSTRUCTION}\nassistant\n"
+    assert len(ids) <= 32  # the rehearsals' max_prompt_length is 64
     assert tokenizer.eos_token == assets.EOS_TOKEN and tokenizer.pad_token == assets.PAD_TOKEN
-    eos = tokenizer.convert_tokens_to_ids(assets.EOS_TOKEN)
-    assert eos in model.generation_config.eos_token_id
-    # every digit is its own token, so a response's first digit is one sampling decision
+    assert tokenizer.convert_tokens_to_ids(assets.EOS_TOKEN) in model.generation_config.eos_token_id
     assert all(len(tokenizer.encode(str(d))) == 1 for d in range(10))
 
 
-def test_model_is_warmed_up_to_the_answer_format_only(monkeypatch, tmp_path):
-    """The demo model answers one digit and stops, but does not know the sums: it scores about 1 in 10."""
+def test_model_is_warmed_up_to_the_response_format_only(rehearsal_cache):
+    """It answers in the format, in responses of varying length, some past 32 tokens; it does not know the sums."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path))
     model_dir = assets.ensure_assets()["model"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    scores, single_digit = [], []
+    eos = tokenizer.convert_tokens_to_ids(assets.EOS_TOKEN)
+    correct, boxed, lengths = [], [], []
     torch.manual_seed(0)
-    for a, b in task.pairs():
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": task.question(a, b)}], add_generation_prompt=True, tokenize=True
-        )["input_ids"]
-        ids = torch.tensor([list(prompt)] * 64)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, max_new_tokens=8)
-        texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-        scores += [task.compute_score(task.DATA_SOURCE, t, str(a + b)) for t in texts]
-        single_digit += [len(t) == 1 and t.isdigit() for t in texts]
-    assert sum(single_digit) / len(single_digit) > 0.8
-    assert 0.03 < sum(scores) / len(scores) < 0.2
+    for a in task.digits():
+        ids = torch.tensor([_prompt_ids(tokenizer, task.questions(a)[0])] * 32)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                             max_new_tokens=32, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, ids.shape[1]:].tolist():
+            n = row.index(eos) + 1 if eos in row else len(row)
+            answer = last_boxed(tokenizer.decode(row[:n], skip_special_tokens=True))
+            lengths.append(n)
+            boxed.append(answer is not None and answer.isdigit())
+            correct.append(answer == str(a + 1))
+    assert sum(boxed) / len(boxed) > 0.7
+    assert 0.03 < sum(correct) / len(correct) < 0.2
+    assert sum(lengths) / len(lengths) >= 8 and min(lengths) < 10
+    assert 0.03 < sum(n == 32 and True for n in lengths) / len(lengths) < 0.4  # some run into the limit

@@ -100,7 +100,7 @@ def test_shim_keeps_the_weight_and_repacks_after_an_in_place_reload(report):
 def test_cpu_configs_name_the_worker_extension_that_installs_the_shim(report):
     assert report["extension_is_verls"] is True
     assert report["extension_path"] == WORKER_EXTENSION
-    assert f"worker_extension_cls: {WORKER_EXTENSION}" in (ROOT / "hydra_conf" / "cpu_demo_base.yaml").read_text()
+    assert f"worker_extension_cls: {WORKER_EXTENSION}" in (ROOT / "hydra_conf" / "rehearsal" / "laptop.yaml").read_text()
     assert "shims.keep_vllm_cpu_linear_weights()" in (ROOT / "verl_erc" / "cpu" / "vllm_worker.py").read_text()
 
 

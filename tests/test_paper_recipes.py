@@ -61,7 +61,7 @@ def configs():
 
 def test_every_recipe_has_a_config_and_a_script():
     scripts = {p.stem for p in (ROOT / "recipes").glob("*.sh") if not p.name.startswith("_")}
-    assert scripts == set(RUNS)
+    assert scripts == set(RUNS) | {"rehearse"}
     for name in RUNS:
         assert (ROOT / "hydra_conf" / f"{name}.yaml").is_file()
 
@@ -130,8 +130,8 @@ def test_paths_come_from_the_environment(monkeypatch):
     assert (cfg.data.train_files, cfg.data.val_files) == ("/data/erc/train.parquet", "/data/erc/val.parquet")
 
 
-def flat(cfg) -> dict:
-    """Every leaf of the unresolved config as {dotted.key: value}."""
+def flat(cfg, resolve: bool = False) -> dict:
+    """Every leaf of the config (unresolved unless ``resolve``) as {dotted.key: value}."""
     out = {}
 
     def walk(node, prefix):
@@ -141,7 +141,7 @@ def flat(cfg) -> dict:
             else:
                 out[f"{prefix}{key}"] = value
 
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    walk(OmegaConf.to_container(cfg, resolve=resolve), "")
     return out
 
 
@@ -183,6 +183,130 @@ def test_sizes_differ_in_parallelism_only(configs):
         "actor_rollout_ref.rollout.tensor_model_parallel_size",
         "trainer.nnodes",
     }
+
+
+# --- laptop rehearsals (recipes/rehearse.sh: the recipe's config + hydra_conf/rehearsal/laptop.yaml) ---
+
+# every key hydra_conf/rehearsal/laptop.yaml sets: what a 2-core laptop forces
+LAPTOP_KEYS = {
+    "data.max_prompt_length", "data.max_response_length", "data.train_batch_size", "data.dataloader_num_workers",
+    "actor_rollout_ref.model.enable_gradient_checkpointing", "actor_rollout_ref.model.override_config.attn_implementation",
+    "actor_rollout_ref.actor.strategy", "actor_rollout_ref.actor.use_torch_compile",
+    "actor_rollout_ref.actor.ppo_mini_batch_size", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size", "actor_rollout_ref.actor.optim.lr",
+    "actor_rollout_ref.actor.fsdp_config.use_torch_compile",
+    *(f"actor_rollout_ref.{role}.fsdp_config.mixed_precision.{k}_dtype" for role in ("actor", "ref") for k in ("param", "reduce", "buffer")),
+    "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu", "actor_rollout_ref.ref.use_torch_compile",
+    "actor_rollout_ref.ref.fsdp_config.param_offload", "actor_rollout_ref.ref.fsdp_config.use_torch_compile",
+    *(f"actor_rollout_ref.rollout.{k}" for k in (
+        "tensor_model_parallel_size", "dtype", "log_prob_max_token_len_per_gpu", "free_cache_engine", "enable_sleep_mode",
+        "enforce_eager", "max_num_seqs", "checkpoint_engine.update_weights_bucket_megabytes",
+        "engine_kwargs.vllm.worker_extension_cls", "agent.num_workers")),
+    "reward.num_workers",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units", "transfer_queue.backend.SimpleStorage.total_storage_size",
+    "trainer.device", "trainer.nnodes", "trainer.n_gpus_per_node", "trainer.total_training_steps", "trainer.test_freq",
+    "trainer.v1.sampler.custom_sampler.path", "trainer.v1.sampler.custom_sampler.name",
+    *(f"trainer.v1.sampler.sampler_kwargs.{k}" for k in ("poll_interval", "train_batch_size", "gen_batch_size",
+                                                          "sync_refill_failed_groups")),
+    *(f"trainer.v1.sampler.sampler_kwargs.filter_groups.{k}" for k in ("_target_", "enable", "metric",
+                                                                        "max_num_gen_batches", "max_inflight_gen_batches")),
+    *(f"ray_kwargs.ray_init.{k}" for k in ("address", "num_cpus", "num_gpus", "include_dashboard")),
+    *(f"ray_kwargs.ray_init.runtime_env.env_vars.{k}" for k in ("VERL_PLATFORM", "TQ_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")),
+}
+# keys that verl's own config interpolates from the ones above (lengths, strategy, parallelism, mini-batch)
+DERIVED_KEYS = {
+    "actor_rollout_ref.rollout.prompt_length", "actor_rollout_ref.rollout.response_length",
+    "actor_rollout_ref.rollout.n_gpus_per_node", "actor_rollout_ref.ref.strategy",
+    "actor_rollout_ref.ref.ulysses_sequence_parallel_size", "critic.ppo_mini_batch_size",
+    *(f"distillation.teacher_models.teacher_model.inference.{k}" for k in ("dtype", "prompt_length", "response_length")),
+}
+# DAPO's overlong shaping, which method/dapo.yaml states relative to data.max_response_length (GRPO has none)
+OVERLONG_KEYS = {"reward.reward_kwargs.max_resp_len", "reward.reward_kwargs.overlong_buffer_cfg.len"}
+# the 1.5B recipes already run one process per model and one node
+ONE_PROCESS_KEYS = {
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size", "actor_rollout_ref.ref.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size", "trainer.nnodes",
+}
+REHEARSAL = "+rehearsal=laptop"
+
+
+@pytest.fixture(scope="module")
+def rehearsals():
+    return {name: load(name, [*REQUIRED, REHEARSAL]) for name in RUNS}
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_rehearsal_differs_from_its_recipe_in_what_a_laptop_forces_only(configs, rehearsals, name):
+    size, method, _ = RUNS[name]
+    expected = LAPTOP_KEYS | DERIVED_KEYS | (set() if method == "grpo" else OVERLONG_KEYS)
+    if size == "1p5b":
+        expected -= ONE_PROCESS_KEYS
+    recipe, rehearsal = flat(configs[name], resolve=True), flat(rehearsals[name], resolve=True)
+    assert {k for k in recipe.keys() | rehearsal.keys() if recipe.get(k, "<absent>") != rehearsal.get(k, "<absent>")} == expected
+
+
+@pytest.mark.parametrize("name", [n for n, (_, method, _) in RUNS.items() if method != "grpo"])
+def test_rehearsal_scales_the_overlong_buffer_with_the_response_budget(configs, rehearsals, name):
+    for cfg, budget in ((configs[name], 16384), (rehearsals[name], 32)):
+        kwargs = cfg.reward.reward_kwargs
+        assert (cfg.data.max_response_length, kwargs.max_resp_len, kwargs.overlong_buffer_cfg.len) == (budget, budget, budget // 4)
+
+
+@pytest.mark.parametrize("name", ["erc_dapo_7b", "grpo_1p5b"])
+def test_rehearsal_replay_buffer_is_verls_with_a_shorter_poll(configs, rehearsals, name):
+    """verl builds the rehearsal's custom sampler with the same DAPO settings as its own buffer for the recipe."""
+    from types import SimpleNamespace
+
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    from verl_erc.cpu.sampler import PolledReplayBuffer
+
+    def build(cfg):
+        trainer = SimpleNamespace(config=cfg, trainer_mode="sync", _add_prompts_to_generate=lambda n: None)
+        trainer._resolve_filter_groups_metric = lambda: PPOTrainer._resolve_filter_groups_metric(trainer)
+        return PPOTrainer._build_replay_buffer(trainer)
+
+    ours = build(rehearsals[name])
+    recipe_cfg = OmegaConf.merge(configs[name], {"data": {"train_batch_size": rehearsals[name].data.train_batch_size}})
+    verls = build(recipe_cfg)
+    assert type(ours) is PolledReplayBuffer and type(verls).__name__ == "ReplayBuffer"
+    assert (verls.poll_interval, ours.poll_interval) == (2.0, 0.1)
+    keys = ("filter_groups_metric", "train_batch_size", "gen_batch_size", "max_inflight_gen_batches", "sync_refill_failed_groups")
+    assert {k: getattr(ours, k) for k in keys} == {k: getattr(verls, k) for k in keys}
+    assert ours.filter_groups_metric == (None if name.startswith("grpo") else "acc")
+
+
+def test_rehearsals_pass_verls_config_checks(rehearsals):
+    for name, cfg in rehearsals.items():
+        validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+        validate_erc_config(cfg)
+
+
+def test_rehearse_names_the_recipes_when_given_none_or_a_wrong_one():
+    for args in ([], ["erc_dapo_70b"], ["_common"], ["rehearse"]):
+        out = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), *args], capture_output=True, text=True)
+        assert out.returncode == 2 and "RECIPE is one of:" in out.stderr, args
+        assert set(out.stderr.split("one of:")[1].split()) == set(RUNS)
+
+
+def test_rehearse_runs_the_recipe_script_with_the_laptop_profile_and_local_assets(rehearsal_cache, tmp_path):
+    from verl_erc.cpu.assets import asset_paths
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
+    env.update(VERL_ERC_DRY_RUN="1", ERC_PYTHON=sys.executable, ERC_SEED="3")
+    out = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), "gppo_1p5b", "trainer.total_training_steps=2"],
+                         env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    words = next(line for line in out.stdout.splitlines() if line.startswith("command: ")).split()[1:]
+    paths = asset_paths()
+    run_dir = tmp_path / "outputs" / "rehearsals" / "gppo_1p5b-seed3"  # the default ERC_RUNS_DIR
+    assert words == [
+        sys.executable, "-m", "verl_erc.main", "--config-name", "gppo_1p5b",
+        f"actor_rollout_ref.model.path={paths['model']}",
+        f"data.train_files={paths['train']}", f"data.val_files={paths['val']}",
+        "data.seed=3", "trainer.experiment_name=gppo_1p5b-seed3", f"trainer.default_local_dir={run_dir}/checkpoints",
+        REHEARSAL, "trainer.total_training_steps=2",
+    ]
 
 
 # --- recipes/*.sh ---------------------------------------------------------------------------

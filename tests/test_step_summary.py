@@ -3,7 +3,7 @@
 from verl_erc.trainer import step_summary
 
 
-def test_summary_has_reward_entropy_and_both_clip_fractions_in_order():
+def test_summary_has_reward_lengths_dynamic_sampling_entropy_and_both_clip_fractions_in_order():
     metrics = {
         "actor/erc_clipfrac": 0.25,
         "critic/score/mean": 0.5,
@@ -12,12 +12,16 @@ def test_summary_has_reward_entropy_and_both_clip_fractions_in_order():
         "actor/erc_clipfrac_high": 0.125,
         "actor/erc_clipfrac_low": 0.125,
         "timing_s/step": 3.94,
-        "val-core/digits/acc/mean@1": 0.75,
+        "response_length/mean": 17.25,
+        "response_length/clip_ratio": 0.125,
+        "training/filter_groups/evicted_samples": 6.0,
+        "val-core/aime24/acc/mean@32": 0.75,
+        "val-core/aime24/acc/best@32/mean": 1.0,  # verl's best@k is not in the summary
         "actor/pg_loss": -0.1,  # not in the summary
     }
     assert step_summary(metrics, 3, 20) == (
-        "verl_erc step 3/20 | reward 0.500 | entropy 1.235 | pg_clipfrac 0.0625 | erc_clipfrac 0.2500 | "
-        "high 0.1250 | low 0.1250 | step_s 3.9 | val-core/digits/acc/mean@1 0.750"
+        "verl_erc step 3/20 | reward 0.500 | resp_len 17.2 | at_limit 0.125 | groups_dropped 6 | entropy 1.235 | "
+        "pg_clipfrac 0.0625 | erc_clipfrac 0.2500 | high 0.1250 | low 0.1250 | step_s 3.9 | val-core/aime24/acc/mean@32 0.750"
     )
 
 

@@ -7,6 +7,10 @@ first-class config key with a default (no ``+`` needed), e.g.::
 
     actor_rollout_ref.actor.erc.enable=true
     actor_rollout_ref.actor.erc.beta_low=0.05 actor_rollout_ref.actor.erc.beta_high=0.05
+
+It also registers the OmegaConf resolver ``erc.floordiv`` (``${erc.floordiv:a,b}`` is ``a // b``),
+with which a config states one setting as a fraction of another, e.g. DAPO's overlong buffer as a
+quarter of the response budget (``hydra_conf/method/dapo.yaml``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from omegaconf import OmegaConf
 from verl.base_config import BaseConfig
 from verl.workers.config import FSDPActorConfig
 
 ERC_KEY = "actor_rollout_ref.actor.erc"
+
+OmegaConf.register_new_resolver("erc.floordiv", lambda a, b: int(a) // int(b), replace=True)
 
 
 class ErcConfigError(ValueError):

@@ -20,8 +20,10 @@ def main(config) -> None:
     preflight(config)  # device selection and Ray resources, checked before anything starts
     erc = config.actor_rollout_ref.actor.get("erc")
     state = f"ERC on (beta_low={erc.beta_low}, beta_high={erc.beta_high})" if erc_enabled(config) else "ERC off"
+    actor = config.actor_rollout_ref.actor
     print(
-        f"verl_erc {__version__}: {state}, loss_mode={config.actor_rollout_ref.actor.policy_loss.loss_mode}, "
+        f"verl_erc {__version__}: {state}, loss_mode={actor.policy_loss.loss_mode}, "
+        f"clip_ratio={actor.clip_ratio_low}/{actor.clip_ratio_high}, loss_agg_mode={actor.loss_agg_mode}, "
         f"trainer_mode={config.trainer.v1.trainer_mode}",
         flush=True,
     )

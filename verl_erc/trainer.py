@@ -36,6 +36,9 @@ from verl_erc.losses import erc_ppo_loss
 #: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
 SUMMARY_FIELDS = (
     ("reward", "critic/score/mean", ".3f"),
+    ("resp_len", "response_length/mean", ".1f"),
+    ("at_limit", "response_length/clip_ratio", ".3f"),  # responses cut at max_response_length
+    ("groups_dropped", "training/filter_groups/evicted_samples", ".0f"),  # dynamic sampling (DAPO)
     ("entropy", "actor/entropy", ".3f"),
     ("pg_clipfrac", "actor/pg_clipfrac", ".4f"),
     ("erc_clipfrac", "actor/erc_clipfrac", ".4f"),
@@ -48,9 +51,12 @@ SUMMARY_FIELDS = (
 
 
 def step_summary(metrics: dict, step: int, total_steps: int) -> str:
-    """One line with a training step's reward, entropy, PPO and ERC clip fractions (and validation scores)."""
+    """One line with a training step's reward, lengths, dynamic sampling, PPO and ERC clip fractions (and validation avg@k)."""
     parts = [f"{label} {metrics[key]:{fmt}}" for label, key, fmt in SUMMARY_FIELDS if key in metrics]
-    parts += [f"{key} {value:.3f}" for key, value in sorted(metrics.items()) if key.startswith("val-core/")]
+    parts += [  # validation avg@k per source (verl's mean@k; its best@k/std keys are left out)
+        f"{key} {value:.3f}" for key, value in sorted(metrics.items())
+        if key.startswith("val-core/") and key.rsplit("/", 1)[-1].startswith("mean@")
+    ]
     return f"verl_erc step {step}/{total_steps} | " + " | ".join(parts)
 
 

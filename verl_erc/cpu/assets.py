@@ -1,22 +1,24 @@
-"""The CPU demo's tiny Qwen2 model, BPE tokenizer and parquet data, built locally on first use.
+"""The rehearsals' tiny Qwen2 model, BPE tokenizer and parquet data, built locally on first use.
 
 Nothing is downloaded. :func:`ensure_assets` builds, once per cache directory and asset version:
 
 - a BPE tokenizer trained with the ``tokenizers`` library on the task's chat-formatted text
   (digits kept as single tokens, Qwen-style ``<|im_start|>``/``<|im_end|>`` chat template);
 - a 2-layer Qwen2 (``Qwen2ForCausalLM``, hidden 128), randomly initialised and then warmed up
-  for a few supervised steps on the answer *format* only: after any ``a+b=`` prompt, one
-  uniformly random digit and EOS (:func:`warm_up_format`). Like a base model that knows how to
-  answer but not what, it scores ~0.1 on the task, and RL learns the rest. Saved with the
-  tokenizer as a Hugging Face model folder, so verl loads it like any checkpoint;
-- the toy task's ``train.parquet`` / ``val.parquet`` (:mod:`verl_erc.cpu.task`).
+  for a few hundred supervised steps on the response *format* only: after any of the task's
+  prompts, random filler words and ``\\boxed{d}`` with a uniformly random digit, then EOS
+  (:func:`warm_up_format`). Like a base model that knows how to answer but not what, it scores
+  ~0.1 on the task, and RL learns the rest. Saved with the tokenizer as a Hugging Face model
+  folder, so verl loads it like any checkpoint;
+- the toy task's source files in the paper's schemas and their ``train.parquet`` / ``val.parquet``
+  from ``python -m verl_erc.data`` (:mod:`verl_erc.cpu.task`).
 
 Every step is seeded and single-threaded, so a version builds the same bytes run after run. The cache is
 ``$VERL_ERC_CACHE_DIR``, else ``$XDG_CACHE_HOME/verl_erc``, else ``~/.cache/verl_erc``. Builds go
 to a temporary folder renamed into place under a file lock, so concurrent processes are safe.
 
-Configs reach the paths through the OmegaConf resolver ``erc_cpu.asset`` (registered by
-:mod:`verl_erc.cpu`): ``${erc_cpu.asset:model}``, ``${erc_cpu.asset:train}``, ``${erc_cpu.asset:val}``.
+``recipes/rehearse.sh`` gets the paths from ``python -m verl_erc.cpu.assets``, which builds them if
+needed and prints them one per line (``model=<folder>``, ``data=<parquet folder>``).
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 import tempfile
+from contextlib import redirect_stdout
 from pathlib import Path
 
 from verl_erc.cpu import task
 
 #: bump when anything below changes what gets built (the cache keeps one folder per version)
-ASSET_VERSION = "v2"
+ASSET_VERSION = "v3"
 SEED = 0
 CACHE_ENV = "VERL_ERC_CACHE_DIR"
 
-VOCAB_SIZE = 64
+VOCAB_SIZE = 160
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_end|>"
 CHAT_TEMPLATE = (
@@ -50,8 +54,7 @@ MODEL_KWARGS = dict(
     max_position_embeddings=256,
     tie_word_embeddings=False,
 )
-ASSET_NAMES = ("model", "train", "val")
-WARM_UP = dict(steps=60, batch_size=16, lr=1e-3)
+WARM_UP = dict(steps=300, batch_size=32, lr=1e-3)
 
 
 def cache_dir() -> Path:
@@ -63,21 +66,14 @@ def cache_dir() -> Path:
 
 
 def asset_root() -> Path:
-    """The folder holding this asset version: ``<cache>/cpu_demo-<version>``."""
-    return cache_dir() / f"cpu_demo-{ASSET_VERSION}"
+    """The folder holding this asset version: ``<cache>/rehearsal-<version>``."""
+    return cache_dir() / f"rehearsal-{ASSET_VERSION}"
 
 
 def asset_paths(root: Path | None = None) -> dict[str, Path]:
     """Paths of the model folder and the two parquet files under ``root``."""
     root = asset_root() if root is None else root
     return {"model": root / "model", "train": root / "data" / "train.parquet", "val": root / "data" / "val.parquet"}
-
-
-def asset_path(name: str) -> str:
-    """Path of one asset (``model``, ``train`` or ``val``), building them all if missing."""
-    if name not in ASSET_NAMES:
-        raise ValueError(f"unknown verl_erc CPU asset {name!r}; expected one of {ASSET_NAMES}")
-    return str(ensure_assets()[name])
 
 
 def ensure_assets() -> dict[str, Path]:
@@ -104,16 +100,27 @@ def build_assets(root: Path) -> dict[str, Path]:
     paths = asset_paths(root)
     tokenizer = build_tokenizer()
     build_model(tokenizer, paths["model"])
-    task.write_parquet(paths["train"].parent, seed=SEED)
+    with redirect_stdout(sys.stderr):  # the converter's report; stdout is main()'s
+        task.prepare(root / "raw", paths["train"].parent, seed=SEED)
     return paths
 
 
+def _prompt(question: str) -> list[dict]:
+    """The chat messages of a problem as the converter writes them (with the paper's instruction)."""
+    from verl_erc.data import user_prompt
+
+    return [{"role": "user", "content": user_prompt(question)}]
+
+
 def _corpus() -> list[str]:
-    """The tokenizer's training text: every ``a+b=`` prompt and digit answer with its chat role (no special tokens)."""
+    """The tokenizer's training text: every prompt and sample responses with their chat roles (no special tokens)."""
+    import random
+
+    rng = random.Random(SEED)
     texts = []
     for a in range(10):
-        for b in range(10):
-            texts += [f"user\n{task.question(a, b)}\n", f"assistant\n{(a + b) % 10}\n"]
+        for question in task.questions(a):
+            texts += [f"user\n{_prompt(question)[0]['content']}\n", f"assistant\n{task.response(rng)}\n"]
     return texts
 
 
@@ -182,9 +189,10 @@ def build_model(tokenizer, out_dir: Path) -> None:
 
 
 def warm_up_format(model, tokenizer) -> None:
-    """A few seeded supervised steps: after an ``a+b=`` prompt (any digits), answer one random digit, then EOS.
+    """Seeded supervised steps: after a prompt of the task (any digit), a random response in its format, then EOS.
 
-    The targets are independent of the prompt, so the model learns the answer format, not the task.
+    The targets (:func:`verl_erc.cpu.task.response`) are independent of the prompt, so the model
+    learns the response format and its spread of lengths, not the task.
     """
     import random
 
@@ -192,19 +200,39 @@ def warm_up_format(model, tokenizer) -> None:
 
     rng = random.Random(SEED)
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     optimizer = torch.optim.AdamW(model.parameters(), lr=WARM_UP["lr"], weight_decay=0.0)
     model.train()
     for _ in range(WARM_UP["steps"]):
         rows = []
         for _ in range(WARM_UP["batch_size"]):
-            messages = [{"role": "user", "content": task.question(rng.randrange(10), rng.randrange(10))}]
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
-            rows.append((list(prompt), [*tokenizer.encode(str(rng.randrange(10))), eos_id]))
-        input_ids = torch.tensor([prompt + answer for prompt, answer in rows])  # prompts have one length
+            question = rng.choice(task.questions(rng.randrange(10)))
+            prompt = tokenizer.apply_chat_template(_prompt(question), add_generation_prompt=True, tokenize=True)
+            prompt = list(prompt["input_ids"])
+            rows.append((prompt, [*tokenizer.encode(task.response(rng)), eos_id]))
+        width = max(len(p) + len(a) for p, a in rows)
+        input_ids = torch.full((len(rows), width), pad_id)
         labels = torch.full_like(input_ids, -100)
-        labels[:, -2:] = input_ids[:, -2:]
-        loss = model(input_ids=input_ids, labels=labels).loss
+        attention_mask = torch.zeros_like(input_ids)
+        for i, (prompt, answer) in enumerate(rows):
+            n = len(prompt) + len(answer)
+            input_ids[i, :n] = torch.tensor(prompt + answer)
+            labels[i, len(prompt) : n] = torch.tensor(answer)
+            attention_mask[i, :n] = 1
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.eval()
+
+
+def main() -> int:
+    """``python -m verl_erc.cpu.assets``: build the assets if needed; print ``model=<path>`` and ``data=<path>``."""
+    paths = ensure_assets()
+    print(f"model={paths['model']}")
+    print(f"data={paths['train'].parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

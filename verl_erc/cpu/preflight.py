@@ -48,9 +48,9 @@ def preflight(config: DictConfig) -> None:
             raise PreflightError("trainer.device=cpu cannot run as configured:\n  - " + "\n  - ".join(problems))
     elif device == "cuda" and not torch.cuda.is_available() and not _external_cluster(config):
         raise PreflightError(
-            "trainer.device=cuda but torch sees no CUDA device on this machine. To run on CPU, use the CPU "
-            "demo config (python -m verl_erc.main --config-name cpu_demo) or set trainer.device=cpu with its "
-            "settings (see hydra_conf/cpu_demo.yaml)."
+            "trainer.device=cuda but torch sees no CUDA device on this machine. To run a paper recipe on CPU, "
+            "rehearse it (recipes/rehearse.sh RECIPE) or set trainer.device=cpu with the settings of "
+            "hydra_conf/rehearsal/laptop.yaml (+rehearsal=laptop)."
         )
     check_ray_resources(config)
 

@@ -1,62 +1,86 @@
-"""The CPU demo's toy task: add one to a digit, scored by an exact checker.
+"""The rehearsals' toy task, in the paper's data schema: add one to a digit, answer in ``\\boxed{}``.
 
-A prompt is ``"3+1="`` (as one user chat message); the answer is the sum, a single digit. The
-checker is exact: 1.0 when the response, stripped of surrounding whitespace, is the sum's
-digits and nothing else, else 0.0 (a lenient "first number in the text" rule would reward
-rambling guesses). The demo model starts out answering with one
-uniformly random digit (see :mod:`verl_erc.cpu.assets`), so it scores ~0.1 and GRPO-style group
-advantages get a signal from step one; it learns the nine sums within a few dozen steps.
-(Two free digits, ``a + b``, take a tiny model from scratch far longer than a laptop demo allows.)
+A problem is ``"What is 3 + 1?"`` (or ``"Compute 3 + 1."``); the answer is the sum, a single digit.
+:func:`write_sources` writes it as the paper's *source* files, in their hub schemas: the training
+set as KlearReasoner-MathSub-30K rows (chat ``prompt``, ``reward_model.ground_truth``), two
+benchmarks as AIME24 and MATH500 rows (``problem``, ``answer``). :func:`prepare` then converts them
+with the converter users run (``python -m verl_erc.data``), which adds the paper's instruction and
+the benchmarks' ``__rollout_n__`` (avg@32, avg@4), and the recipes' reward (:mod:`verl_erc.reward`,
+math-verify on the last ``\\boxed{}``) grades the responses.
 
-:func:`compute_score` is verl's ``custom_reward_function`` signature; configs point at it with
-``reward.custom_reward_function.path=pkg://verl_erc.cpu.task``.
+The toy model (:mod:`verl_erc.cpu.assets`) is warmed up on the *format* of a response only: a
+few filler words of random number, then ``\\boxed{d}`` with a random digit ``d``. So responses vary
+in length, some run into the rehearsals' length limit (the overlong penalty acts), and the reward
+starts at ~0.1, leaving GRPO groups mixed often enough for dynamic sampling to keep and to drop.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
-DATA_SOURCE = "verl_erc/digit_sum"
+from verl_erc import data
+
+#: the phrasing of each source's problems; the training set holds both
+PHRASINGS = {"aime24": "What is {a} + 1?", "math500": "Compute {a} + 1."}
+BENCHMARKS = tuple(PHRASINGS)
+#: words of a response's filler "reasoning"
+FILLER = ("so", "we", "add", "one", "to", "the", "digit", "then", "it", "is")
+#: number of filler words in the warm-up responses (uniform, inclusive)
+FILLER_WORDS = (0, 30)
 
 
-def pairs() -> list[tuple[int, int]]:
-    """The task's ``(a, b)`` operands: ``a + 1`` for every digit ``a`` whose successor is a digit."""
-    return [(a, 1) for a in range(9)]
+def digits() -> list[int]:
+    """The task's operands ``a`` (``a + 1`` is a digit)."""
+    return list(range(9))
 
 
-def question(a: int, b: int) -> str:
-    """The user message for ``a + b``."""
-    return f"{a}+{b}="
+def questions(a: int) -> list[str]:
+    """Every phrasing of the problem ``a + 1``."""
+    return [p.format(a=a) for p in PHRASINGS.values()]
 
 
-def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
-    """1.0 when the response (decoded without special tokens, whitespace-stripped) is exactly ``ground_truth``."""
-    if data_source != DATA_SOURCE:
-        raise ValueError(f"verl_erc.cpu.task scores data_source {DATA_SOURCE!r} only, got {data_source!r}")
-    return 1.0 if solution_str.strip() == str(ground_truth).strip() else 0.0
+def response(rng: random.Random) -> str:
+    """A response in the task's format with a random number of filler words and a random digit."""
+    words = [rng.choice(FILLER) for _ in range(rng.randint(*FILLER_WORDS))]
+    return " ".join([*words, f"\\boxed{{{rng.randrange(10)}}}"])
 
 
-def _row(a: int, b: int, split: str, index: int) -> dict:
-    """One row in the layout verl's RL dataset reads (chat prompt, data_source, reward_model, ...)."""
-    return {
-        "data_source": DATA_SOURCE,
-        "prompt": [{"role": "user", "content": question(a, b)}],
-        "ability": "arithmetic",
-        "reward_model": {"style": "rule", "ground_truth": str(a + b)},
-        "extra_info": {"split": split, "index": index, "a": a, "b": b},
+def write_sources(raw_dir: Path, repeats: int = 32, seed: int = 0) -> dict[str, Path]:
+    """Write the training set and the two benchmarks in the hub schemas :mod:`verl_erc.data` reads."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    train = [(a, q) for a in digits() for q in questions(a)] * repeats
+    rng.shuffle(train)
+    rows = {
+        data.TRAIN: [
+            {
+                "data_source": "toy_add_one",
+                "prompt": [{"content": q, "role": "user"}],
+                "ability": "math",
+                "reward_model": {"ground_truth": str(a + 1), "style": "rule"},
+            }
+            for a, q in train
+        ],
+        **{
+            name: [{"problem": PHRASINGS[name].format(a=a), "answer": str(a + 1)} for a in digits()]
+            for name in BENCHMARKS
+        },
     }
-
-
-def write_parquet(out_dir: Path, repeats: int = 64, seed: int = 0) -> dict[str, Path]:
-    """Write ``train.parquet`` (every pair ``repeats`` times, shuffled) and ``val.parquet`` (each once)."""
-    import pandas as pd
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train_pairs = pairs() * repeats
-    random.Random(seed).shuffle(train_pairs)
-    files = {"train": out_dir / "train.parquet", "val": out_dir / "val.parquet"}
-    for split, split_pairs in (("train", train_pairs), ("val", pairs())):
-        rows = [_row(a, b, split, i) for i, (a, b) in enumerate(split_pairs)]
-        pd.DataFrame(rows).to_parquet(files[split], index=False)
+    files = {}
+    for name, records in rows.items():
+        files[name] = raw_dir / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in records))
     return files
+
+
+def prepare(raw_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, Path]:
+    """Write the sources and convert them with ``python -m verl_erc.data``; return ``train``/``val`` parquet paths."""
+    files = write_sources(raw_dir, seed=seed)
+    argv = ["--out-dir", str(out_dir), "--only", *files]
+    for name, path in files.items():
+        argv += ["--source", f"{name}={path}"]
+    if data.main(argv) != 0:
+        raise RuntimeError(f"python -m verl_erc.data {' '.join(argv)} failed")
+    return {"train": out_dir / "train.parquet", "val": out_dir / "val.parquet"}

