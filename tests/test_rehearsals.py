@@ -144,7 +144,7 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
 def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed, tmp_path):
     runs = [rehearsed("dapo_7b")[0], rehearsed("erc_dapo_7b")[0]]
     report = write_report(runs, tmp_path / "report").read_text()
-    assert "`erc_dapo_7b` → `dapo_7b`" in report
+    assert "Pairs (ERC run → baseline): `erc_dapo_7b-seed1` → `dapo_7b-seed1`" in report  # one seed: shown as the run
     for png in ("entropy.png", "erc_clipfrac.png", "pg_clipfrac.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
 
