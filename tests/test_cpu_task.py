@@ -77,7 +77,7 @@ def test_ensure_assets_builds_once_into_the_cache_and_prints_the_paths(rehearsal
 
 
 def _prompt_ids(tokenizer, question):
-    return list(tokenizer.apply_chat_template(assets._prompt(question), add_generation_prompt=True, tokenize=True)["input_ids"])
+    return list(tokenizer.apply_chat_template(data.chat_prompt(question), add_generation_prompt=True, tokenize=True)["input_ids"])
 
 
 def test_tokenizer_and_model_fit_the_task(rehearsal_cache):

@@ -140,6 +140,11 @@ def user_prompt(question: str) -> str:
     return f"{question}\n{INSTRUCTION}"
 
 
+def chat_prompt(question: str) -> list[dict]:
+    """The row's ``prompt``: one user turn holding :func:`user_prompt`."""
+    return [{"role": "user", "content": user_prompt(question)}]
+
+
 def convert(frame: pd.DataFrame, name: str, skip_bad: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Rows of ``frame`` as verl rows for dataset ``name``; returns (rows, reports of bad rows).
 
@@ -155,7 +160,7 @@ def convert(frame: pd.DataFrame, name: str, skip_bad: bool = False) -> tuple[pd.
             continue
         out = {
             "data_source": name,
-            "prompt": [{"role": "user", "content": user_prompt(question)}],
+            "prompt": chat_prompt(question),
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": answer},
             "extra_info": {"split": "train" if name == TRAIN else "test", "index": index},

@@ -32,6 +32,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from verl_erc.cpu import task
+from verl_erc.data import chat_prompt, user_prompt
 
 #: bump when anything below changes what gets built (the cache keeps one folder per version)
 ASSET_VERSION = "v3"
@@ -105,13 +106,6 @@ def build_assets(root: Path) -> dict[str, Path]:
     return paths
 
 
-def _prompt(question: str) -> list[dict]:
-    """The chat messages of a problem as the converter writes them (with the paper's instruction)."""
-    from verl_erc.data import user_prompt
-
-    return [{"role": "user", "content": user_prompt(question)}]
-
-
 def _corpus() -> list[str]:
     """The tokenizer's training text: every prompt and sample responses with their chat roles (no special tokens)."""
     import random
@@ -120,7 +114,7 @@ def _corpus() -> list[str]:
     texts = []
     for a in range(10):
         for question in task.questions(a):
-            texts += [f"user\n{_prompt(question)[0]['content']}\n", f"assistant\n{task.response(rng)}\n"]
+            texts += [f"user\n{user_prompt(question)}\n", f"assistant\n{task.response(rng)}\n"]
     return texts
 
 
@@ -207,7 +201,7 @@ def warm_up_format(model, tokenizer) -> None:
         rows = []
         for _ in range(WARM_UP["batch_size"]):
             question = rng.choice(task.questions(rng.randrange(10)))
-            prompt = tokenizer.apply_chat_template(_prompt(question), add_generation_prompt=True, tokenize=True)
+            prompt = tokenizer.apply_chat_template(chat_prompt(question), add_generation_prompt=True, tokenize=True)
             prompt = list(prompt["input_ids"])
             rows.append((prompt, [*tokenizer.encode(task.response(rng)), eos_id]))
         width = max(len(p) + len(a) for p, a in rows)
