@@ -167,3 +167,6 @@ def install_erc_trainers() -> None:
         if issubclass(cls, ErcTrainerMixin):
             continue
         TRAINER_REGISTRY[name] = type(f"Erc{cls.__name__}", (ErcTrainerMixin, cls), {"_verl_cls": cls})
+
+
+install_erc_trainers()  # the plugin imports this module right after verl's V1 trainers (verl_erc.after_import)

