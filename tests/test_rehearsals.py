@@ -112,9 +112,10 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
         assert all(m["actor/pg_clipfrac"] > 0.3 for m in train.values())
     else:
         assert all(m["actor/pg_clipfrac"] < 0.3 for m in train.values())
-    # validation at the last step: each source at its own avg@k, math-verify gave 1s and 0s
+    # validation at the last step: each source at its own avg@k, math-verify gave 1s and 0s. The toy starts near
+    # chance (~0.07), so math500's 36 samples can all be wrong: one source above 0 is asserted, none at 1
     val = metrics[2]
-    assert VALIDATION <= set(val) and all(0 < val[k] < 1 for k in VALIDATION)
+    assert VALIDATION <= set(val) and all(0 <= val[k] < 1 for k in VALIDATION) and any(val[k] > 0 for k in VALIDATION)
     # the recipe's checkpointing and launch log
     world = WORLD_SIZE.get(recipe, 1)
     shards = sorted(p.name for p in (run_dir / "checkpoints" / "global_step_2" / "actor").glob("model_world_size_*.pt"))
