@@ -17,8 +17,8 @@ from verl_erc import analysis
 from verl_erc.analysis import RECORD_FIELDS, record_tokens
 from verl_erc.analyze import FIGURES, main
 from verl_erc.config import ErcAnalysisConfig, ErcConfig
-from verl_erc.engine import ERC_ENTROPY_FLAG
 from verl_erc.entropy import entropy_no_grad
+from verl_erc.entropy_hook import ERC_ENTROPY_FLAG
 from verl_erc.losses import entropy_ratio, erc_keep_mask, erc_ppo_loss
 
 from conftest import make_actor_config

@@ -25,7 +25,7 @@ def worker(rank, port, out):
     dist.init_process_group("gloo", rank=rank, world_size=2)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-    from verl_erc.engine import vocab_shard_group
+    from verl_erc.entropy_hook import vocab_shard_group
     from verl_erc.entropy import entropy_no_grad, vocab_parallel_entropy_no_grad
     torch.manual_seed(0)
     full = torch.randn(1, 37, 1001) * 4  # [1, total_nnz, vocab]: odd vocab, uneven shards

@@ -19,7 +19,8 @@ from verl.utils import torch_functional as verl_F
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
 
-from verl_erc.engine import ERC_ENTROPY_FLAG, ErcFSDPEngineWithLMHead
+from verl_erc.engine import ErcFSDPEngineWithLMHead
+from verl_erc.entropy_hook import ERC_ENTROPY_FLAG
 from verl_erc.losses import ErcInputError, entropy_ratio, erc_keep_mask, erc_ppo_loss, gate_gradient
 
 from conftest import make_actor_config

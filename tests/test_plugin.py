@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from cpu_subprocess import skip_if_gpu_visible
 
 from verl_erc.after_import import after_import
@@ -90,6 +91,22 @@ def test_importing_our_modules_first_registers_them_too():
         }))
     """)
     assert report == {"trainers": ["colocate_async", "separate_async", "sync"], "wrapped_once": True, "engine": True}
+
+
+@pytest.mark.parametrize("first", ["verl_erc.engine", "verl_erc.entropy_hook", "verl_erc.cpu.engines"])
+def test_on_the_cpu_platform_any_of_our_engine_modules_imports_first(first):
+    """Our engine modules import verl's engine package, whose hooks import the CPU engines: no import cycle."""
+    skip_if_gpu_visible()
+    report = _fresh(f"""
+        import json
+        import {first}
+        from verl.workers.engine import EngineRegistry
+        from verl_erc.entropy_hook import ErcEntropyMixin
+        engines = EngineRegistry._engines["language_model"]["fsdp2"]
+        print(json.dumps({{"cpu": engines["cpu"].__name__, "cuda": engines[("cuda", "nvidia")].__name__,
+                           "hooked": issubclass(engines["cpu"], ErcEntropyMixin)}}))
+    """, VERL_PLATFORM="cpu")
+    assert report == {"cpu": "CPUFSDPEngineWithLMHead", "cuda": "ErcFSDPEngineWithLMHead", "hooked": True}
 
 
 def test_after_import_runs_after_the_module_executed_once_and_at_once_if_already_imported(tmp_path, monkeypatch):

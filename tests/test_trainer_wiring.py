@@ -9,7 +9,8 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.losses import ppo_loss
 
 from verl_erc.config import ErcConfig, ErcConfigError
-from verl_erc.engine import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG, ErcFSDPEngineWithLMHead
+from verl_erc.engine import ErcFSDPEngineWithLMHead
+from verl_erc.entropy_hook import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG
 from verl_erc.losses import ErcInputError, erc_ppo_loss
 from verl_erc.trainer import ErcTrainerMixin, erc_trainer_modes
 

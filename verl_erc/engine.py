@@ -1,120 +1,18 @@
-"""The entropy hook: verl's FSDP actor engine, plus the current-policy entropy ERC needs.
+"""verl's FSDP language-model engine with ERC's entropy hook, registered in verl's ``EngineRegistry``.
 
-:class:`ErcEntropyMixin` extends two methods of ``FSDPEngineWithLMHead``:
-
-- ``forward_backward_batch``: when the loss is ERC's (:func:`verl_erc.losses.erc_ppo_loss` with
-  ``erc.enable``), it flags the batch (:data:`ERC_ENTROPY_FLAG`) so that every micro-batch computes
-  the current entropy. When the loss's config has ERC on but the loss is not ERC's (the trainer did
-  not install it: verl's legacy trainer, or a trainer registered after the plugin), a training pass
-  raises :class:`verl_erc.losses.ErcInputError` before any gradient is taken.
-- ``prepare_model_outputs``: on a flagged micro-batch it adds ``model_output["erc_entropy"]``, the
-  entropy of every token's next-token distribution at the log-probs' temperature, without an
-  autograd graph, in the same nested layout as ``log_probs`` (padded and no-padding inputs, dynamic
-  batch size, Ulysses SP gather). Where verl already computed the current entropy (for the entropy
-  bonus, ``entropy_coeff != 0``, or ``calculate_entropy``), that tensor is reused, detached;
-  otherwise it is computed from the same logits, chunked over rows
-  (:func:`verl_erc.entropy.entropy_no_grad`). Under tensor parallelism (logits sharded on the
-  vocabulary) it is computed from each rank's slice with two small all-reduces per chunk
-  (:func:`verl_erc.entropy.vocab_parallel_entropy_no_grad`), not from a second all-gather.
-
-:class:`ErcFSDPEngineWithLMHead` is registered in verl's ``EngineRegistry`` for the
-``fsdp``/``fsdp2`` backends under vendor-specific keys (nvidia, amd, huawei), which verl looks
-up before its device-wide default: every verl run in an environment with verl-erc installed uses
-it, and without ERC's loss it behaves exactly as verl's engine.
+:class:`ErcFSDPEngineWithLMHead` (:class:`verl_erc.entropy_hook.ErcEntropyMixin` on verl's
+``FSDPEngineWithLMHead``) is registered for the ``fsdp``/``fsdp2`` backends under vendor-specific
+keys (nvidia, amd, huawei), which verl looks up before its device-wide default: every verl run in
+an environment with verl-erc installed uses it, and without ERC's loss it behaves exactly as
+verl's engine.
 """
 
 from __future__ import annotations
 
-import torch
-from torch.distributed.tensor import DTensor
-from verl.utils import tensordict_utils as tu
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-from verl_erc.config import ERC_KEY
-from verl_erc.entropy import DEFAULT_CHUNK_SIZE, entropy_no_grad, vocab_parallel_entropy_no_grad
-from verl_erc.losses import CURRENT_ENTROPY_KEY, ErcInputError, erc_ppo_loss
-
-#: non-tensor batch keys the hook sets when the loss is ERC's (read back per micro-batch).
-ERC_ENTROPY_FLAG = "erc_calculate_entropy"
-ERC_CHUNK_SIZE_KEY = "erc_entropy_chunk_size"
-
-
-def erc_of_loss(loss_function):
-    """The enabled :class:`~verl_erc.config.ErcConfig` of a loss ``partial(fn, config=...)``, else None."""
-    config = getattr(loss_function, "keywords", {}).get("config")
-    erc = getattr(config, "erc", None)
-    return erc if erc is not None and erc.enable else None
-
-
-def vocab_shard_group(logits):
-    """The process group over which DTensor ``logits`` are split on the vocabulary (last) dim only, else None."""
-    if not isinstance(logits, DTensor):
-        return None
-    shards = [(mesh_dim, p) for mesh_dim, p in enumerate(logits.placements) if not p.is_replicate()]
-    if len(shards) != 1 or not shards[0][1].is_shard() or shards[0][1].dim % logits.ndim != logits.ndim - 1:
-        return None
-    return logits.device_mesh.get_group(shards[0][0])
-
-
-class ErcEntropyMixin:
-    """Mixin for an ``FSDPEngineWithLMHead`` subclass (put it first in the bases)."""
-
-    def forward_backward_batch(self, data, loss_function, forward_only=False):
-        erc = erc_of_loss(loss_function)
-        if erc is not None and loss_function.func is erc_ppo_loss:
-            tu.assign_non_tensor(data, **{ERC_ENTROPY_FLAG: True, ERC_CHUNK_SIZE_KEY: erc.entropy_chunk_size})
-        elif erc is not None and not forward_only:
-            raise ErcInputError(
-                f"{ERC_KEY}.enable=true but the actor's loss is {loss_function.func.__module__}."
-                f"{loss_function.func.__name__}, not ERC's: the trainer did not install ERC. Run verl's V1 trainer "
-                "(trainer.use_v1=true) in a mode verl_erc wires (trainer.v1.trainer_mode=sync, colocate_async or "
-                "separate_async), e.g. with python -m verl_erc.main"
-            )
-        return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
-
-    def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
-        model_output = super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
-        if not tu.get_non_tensor_data(data=micro_batch, key=ERC_ENTROPY_FLAG, default=False):
-            return model_output
-        if model_output.get("entropy") is not None:
-            # verl computed the current entropy (entropy bonus): the same values, without their graph
-            model_output[CURRENT_ENTROPY_KEY] = model_output["entropy"].detach()
-        else:
-            chunk_size = tu.get_non_tensor_data(data=micro_batch, key=ERC_CHUNK_SIZE_KEY, default=DEFAULT_CHUNK_SIZE)
-            model_output[CURRENT_ENTROPY_KEY] = self._erc_current_entropy(output, output_args, micro_batch, chunk_size)
-        return model_output
-
-    def _erc_current_entropy(self, output, output_args, micro_batch, chunk_size: int) -> torch.Tensor:
-        """Nested ``[bsz, seq_len]`` entropy of the current policy (no graph)."""
-        logits = getattr(output, "logits", None)
-        if logits is None:
-            raise ErcInputError(
-                "ERC needs the logits to compute the current entropy, but the model returned none "
-                "(fused kernels?): set actor_rollout_ref.model.use_fused_kernels=false"
-            )
-        cu_seqlens = micro_batch["input_ids"].offsets()
-        unit_temperature = output_args.get("temperature_is_one", False)
-        if tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True):
-            temperature = None if unit_temperature else output_args["temperature_rmpad"]
-            group = vocab_shard_group(logits)
-            if group is not None:  # tensor parallel: from each rank's vocabulary slice, no second all-gather
-                entropy = vocab_parallel_entropy_no_grad(logits.to_local().squeeze(0), group, temperature, chunk_size)
-            else:
-                # (total_nnz / sp + pad,); verl's own entropy function (compiled with use_torch_compile), as H_old
-                logits = logits.full_tensor() if isinstance(logits, DTensor) else logits
-                entropy = entropy_no_grad(
-                    logits.squeeze(0), temperature, chunk_size, entropy_fn=self.compute_entropy_from_logits
-                )
-            entropy = self._gather_and_unpad_packed(entropy, output_args["pad_size"])
-        else:
-            logits = logits.full_tensor() if isinstance(logits, DTensor) else logits
-            temperature = None if unit_temperature else output_args["temperature"].unsqueeze(-1)
-            entropy = entropy_no_grad(logits, temperature, chunk_size, entropy_fn=self.compute_entropy_from_logits)
-            lengths = cu_seqlens.diff()
-            valid = torch.arange(entropy.shape[1], device=entropy.device) < lengths.unsqueeze(1)
-            entropy = entropy[valid]
-        return torch.nested.nested_tensor_from_jagged(entropy, cu_seqlens)
+from verl_erc.entropy_hook import ErcEntropyMixin
 
 
 @EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device="cuda", vendor=["nvidia", "amd"])

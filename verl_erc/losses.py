@@ -26,7 +26,7 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from verl_erc.config import ERC_KEY
 
-#: model_output key under which the entropy hook (verl_erc.engine) puts the current entropy.
+#: model_output key under which the entropy hook (verl_erc.entropy_hook) puts the current entropy.
 CURRENT_ENTROPY_KEY = "erc_entropy"
 #: update-batch field holding the old-policy entropy (written by verl's old-log-prob pass).
 OLD_ENTROPY_KEY = "entropy"
@@ -179,7 +179,7 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
     if model_output.get(CURRENT_ENTROPY_KEY) is None:
         raise _missing(
             "the current-policy entropy is missing from the actor's model output",
-            "the actor engine must include verl_erc's entropy hook (verl_erc.engine.ErcEntropyMixin); "
+            "the actor engine must include verl_erc's entropy hook (verl_erc.entropy_hook.ErcEntropyMixin); "
             "check that `import verl_erc` succeeds in the workers (python -m verl_erc --check) and that the "
             "trainer is started with python -m verl_erc.main",
         )

@@ -12,7 +12,7 @@ plugin is loaded at ``import verl``) gets it:
   loss :func:`verl_erc.losses.erc_ppo_loss` is installed in every actor worker with verl's
   ``set_loss_fn`` worker API, and a one-line summary is printed per step (:func:`step_summary`).
 
-The current entropy is switched on by the loss itself: the engine hook (:mod:`verl_erc.engine`)
+The current entropy is switched on by the loss itself: the engine hook (:mod:`verl_erc.entropy_hook`)
 sees ERC's loss on a training pass and computes it. The old-policy entropy needs no wiring: verl's
 V1 trainer stores it as the field ``entropy`` in the old-log-prob pass, and it reaches the loss.
 A run whose trainer did not install ERC's loss (the legacy trainer, a trainer registered after the

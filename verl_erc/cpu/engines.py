@@ -1,7 +1,7 @@
 """verl's FSDP2 engines for device ``cpu``, registered in verl's EngineRegistry.
 
 - :class:`CPUFSDPEngineWithLMHead` (actor and ref, ``language_model``): verl's LM engine with
-  ERC's entropy hook (:class:`verl_erc.engine.ErcEntropyMixin`, first in the bases, as on GPU).
+  ERC's entropy hook (:class:`verl_erc.entropy_hook.ErcEntropyMixin`, first in the bases, as on GPU).
 - :class:`CPUFSDPEngineWithValueHead` (critic, ``value_model``).
 
 Use ``strategy=fsdp2`` (FSDP1 refuses CPU parameters with ``sync_module_states``) and
@@ -16,7 +16,7 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
 from verl_erc.cpu import shims
-from verl_erc.engine import ErcEntropyMixin
+from verl_erc.entropy_hook import ErcEntropyMixin
 
 DEVICE = "cpu"
 
