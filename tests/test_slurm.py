@@ -1,4 +1,5 @@
-"""slurm/ against a real one-node Slurm (slurmctld + slurmd on localhost, tests/slurm/run_slurm_test.sh).
+"""slurm/ against a real Slurm (slurmctld + slurmd, tests/slurm/run_slurm_test.sh): one node on
+localhost, and two nodes, each in its own network, UTS and mount namespace (own address and hostname).
 
 The recipe's trainer is replaced by tests/slurm/fake_trainer.py (VERL_ERC_ENTRYPOINT), which
 joins the job's Ray cluster as verl's driver would; everything else is the real path:
@@ -32,6 +33,8 @@ RAY_PORTS = {
     "ERC_RAY_CLIENT_PORT": "26386",
     "ERC_RAY_MIN_WORKER_PORT": "27000",
     "ERC_RAY_MAX_WORKER_PORT": "27499",
+    "ERC_RAY_AUTOSCALER_METRICS_PORT": "26387",
+    "ERC_RAY_DASHBOARD_METRICS_PORT": "26388",
 }
 
 pytestmark = [
@@ -83,9 +86,9 @@ def job_env(slurm, tmp_path):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def submit(env, logs: Path, *overrides: str) -> str:
+def submit(env, logs: Path, *overrides: str, nodes: int = 1) -> str:
     out = subprocess.run(
-        [str(ROOT / "slurm" / "submit.sh"), "-N", "1", "-g", "0", "-t", "20", "-r", "60", "-l", str(logs),
+        [str(ROOT / "slurm" / "submit.sh"), "-N", str(nodes), "-g", "0", "-t", "20", "-r", "60", "-l", str(logs),
          "erc_dapo_7b", *overrides],
         env=env, capture_output=True, text=True, check=True,
     )
@@ -194,3 +197,123 @@ def test_requeue_tears_down_and_relaunches_the_same_run(job_env):
     ckpt = f"trainer.default_local_dir={tmp}/runs/erc_dapo_7b-seed1/checkpoints"
     assert all(ckpt in line for line in launches), launches
     assert ray_processes(ray_tmp) == []
+
+
+# --- two Slurm nodes: network namespaces 10.231.0.1 (node1: slurmctld, the Ray head) and 10.231.0.2 ---
+
+HEAD, WORKER = "10.231.0.1", "10.231.0.2"
+SLURM_PROCESSES = ("slurmctld", "slurmd", "slurmscriptd", "slurmstepd", "srun")
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A running two-node Slurm; yields (environment for its clients, WORKDIR, node namespaces). Stops it after."""
+    work = tmp_path_factory.mktemp("slurm2")
+    started = subprocess.run(["bash", str(START), "start", str(work), "2"], capture_output=True, text=True)
+    if started.returncode == 77:
+        pytest.skip(f"two Slurm nodes need namespaces: {started.stderr.strip()}")
+    assert started.returncode == 0, f"slurm did not start:\n{started.stdout}\n{started.stderr}"
+    env = dict(os.environ, SLURM_CONF=str(work / "etc" / "slurm.conf"), PATH=f"{work / 'bin'}:{os.environ['PATH']}")
+    namespaces = sorted(n for n in (work / "run" / "netns").read_text().split() if not n.endswith("sw"))
+    try:
+        yield env, work, namespaces
+    finally:
+        subprocess.run(["bash", str(START), "stop", str(work)], check=False)
+    assert not any(Path("/run/netns", ns).exists() for ns in namespaces)
+
+
+@pytest.fixture
+def two_node_job_env(two_nodes, job_env):
+    """job_env on the two-node cluster; Ray's sessions in each node's private tmpfs."""
+    (env, tmp, _), (slurm_env, work, namespaces) = job_env, two_nodes
+    node_tmp = (work / "node_tmp").read_text().strip()
+    return dict(env, SLURM_CONF=slurm_env["SLURM_CONF"], PATH=f"{work / 'bin'}:{env['PATH']}",
+                ERC_RAY_TMP=f"{node_tmp}/ray"), tmp, namespaces
+
+
+def node_processes(namespace: str) -> list[str]:
+    """Command lines of the processes in a node's network namespace, Slurm's own daemons left out."""
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if not cmdline.lstrip(": ").startswith(SLURM_PROCESSES):
+            found.append(cmdline)
+    return found
+
+
+def listening_ports(namespace: str) -> dict[int, str]:
+    """TCP port -> process name of every socket listening in a node (except on loopback), Slurm's left out."""
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "ss", "-ltnpH"], capture_output=True, text=True,
+                         check=True).stdout
+    ports = {}
+    for line in out.splitlines():
+        fields = line.split()
+        address, port = fields[3].rsplit(":", 1)
+        name = re.search(r'\(\("([^"]+)"', line)
+        name = name.group(1) if name else "?"
+        if address.strip("[]").removeprefix("::ffff:").startswith("127.") or name.startswith(SLURM_PROCESSES):
+            continue
+        ports[int(port)] = name
+    return ports
+
+
+def test_two_node_job_runs_the_ray_head_and_a_worker_on_their_own_nodes_and_tears_both_down(two_node_job_env):
+    env, tmp, namespaces = two_node_job_env
+    job = submit(env, tmp / "logs", "trainer.total_epochs=3", nodes=2)
+    log = job_log(tmp / "logs", job)
+    finished = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+    wait_for(lambda: job_field(env, job, "JobState") in finished, 300, "the job to finish", log)
+    text = log.read_text()
+
+    assert (job_field(env, job, "JobState"), job_field(env, job, "ExitCode")) == ("COMPLETED", "0:0"), text
+    steps = [
+        f"2 node(s) x 0 GPU(s), head node1 ({HEAD})",
+        "starting Ray head on node1",
+        "starting Ray worker on node2",
+        f"[wait_for_ray] cluster ready: 2 node(s), 0 GPU(s) at {HEAD}:26379",
+        "running recipes/erc_dapo_7b.sh on node1",
+        # the driver on node1 sees both nodes, each under its own address
+        f"FAKE_TRAINER connected address={HEAD}:26379 nodes=2 auth=token restart=0 node_ips={HEAD},{WORKER}",
+        "recipe finished with exit code 0",
+        "teardown: stopping the driver and Ray on 2 node(s)",
+        "teardown: done (exit code 0)",
+    ]
+    positions = [text.find(step) for step in steps]
+    assert all(p >= 0 for p in positions), f"missing {[s for s, p in zip(steps, positions) if p < 0]}:\n{text}"
+    assert positions == sorted(positions), text
+    trainer_line = next(line for line in text.splitlines() if line.startswith("FAKE_TRAINER connected"))
+    assert "'trainer.nnodes=2', 'trainer.n_gpus_per_node=0', 'trainer.total_epochs=3'" in trainer_line
+    assert {ns: node_processes(ns) for ns in namespaces} == {ns: [] for ns in namespaces}  # Ray stopped on both
+
+
+def test_two_node_cluster_listens_on_the_documented_ports_only_and_refuses_a_client_without_the_token(two_node_job_env):
+    env, tmp, namespaces = two_node_job_env
+    env = dict(env, FAKE_TRAINER_HOLD="1")
+    job = submit(env, tmp / "logs", nodes=2)
+    log = job_log(tmp / "logs", job)
+    wait_for(lambda: log.exists() and "FAKE_TRAINER holding" in log.read_text(), 300, "the trainer to start", log)
+
+    documented = {int(v) for k, v in RAY_PORTS.items() if "WORKER_PORT" not in k}
+    workers = range(int(RAY_PORTS["ERC_RAY_MIN_WORKER_PORT"]), int(RAY_PORTS["ERC_RAY_MAX_WORKER_PORT"]) + 1)
+    head, worker = (listening_ports(ns) for ns in namespaces)
+    for ports in (head, worker):
+        assert {p: n for p, n in ports.items() if p not in documented and p not in workers} == {}, ports
+    assert head[26379] == "gcs_server" and 8265 not in head  # the GCS on the head; no dashboard
+    assert {26380, 26381} <= worker.keys()  # the worker node's raylet and object manager
+    # a client on node2 without the job's token is refused by the head on node1
+    intruder_env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    intruder_env["HOME"] = str(tmp)  # no ~/.ray/auth_token to fall back on
+    intruder = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{namespaces[1]}", sys.executable, "-c",
+         f"import ray; ray.init(address='{HEAD}:26379'); print('INTRUDER CONNECTED')"],
+        env=intruder_env, capture_output=True, text=True, timeout=120,
+    )
+    assert "INTRUDER CONNECTED" not in intruder.stdout and intruder.returncode != 0, intruder.stdout + intruder.stderr
+
+    subprocess.run(["scancel", job], env=env, check=True)
+    wait_for(lambda: not any(node_processes(ns) for ns in namespaces), 120, "Ray to stop on both nodes", log)
+    assert "teardown: stopping the driver and Ray on 2 node(s)" in log.read_text()

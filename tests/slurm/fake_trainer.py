@@ -1,6 +1,6 @@
 """Stand-in for ``python -m verl_erc.main`` in the recipe and Slurm tests: prints its arguments and
 logging environment and, when RAY_ADDRESS is set (the Slurm job's cluster), joins that Ray cluster
-as verl's driver would and reports what it sees.
+as verl's driver would and reports what it sees (the alive nodes and the addresses they registered).
 
 With FAKE_TRAINER_HOLD=1 the first launch of a job (SLURM_RESTART_COUNT unset or 0) then waits
 to be cancelled or requeued; a relaunch exits at once.
@@ -11,15 +11,17 @@ import sys
 import time
 
 restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-seen = "no-ray"
+seen, node_ips = "no-ray", "none"
 if os.environ.get("RAY_ADDRESS"):
     import ray
 
     ray.init(logging_level="ERROR", log_to_driver=False)
-    seen = f"address={os.environ['RAY_ADDRESS']} nodes={sum(1 for n in ray.nodes() if n.get('Alive'))}"
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    seen = f"address={os.environ['RAY_ADDRESS']} nodes={len(alive)}"
+    node_ips = ",".join(sorted(n["NodeManagerAddress"] for n in alive))
     ray.shutdown()
 print(
-    f"FAKE_TRAINER connected {seen} auth={os.environ.get('RAY_AUTH_MODE', 'disabled')} restart={restart} "
+    f"FAKE_TRAINER connected {seen} auth={os.environ.get('RAY_AUTH_MODE', 'disabled')} restart={restart} node_ips={node_ips} "
     f"tensorboard={os.environ.get('TENSORBOARD_DIR')} metrics={os.environ.get('VERL_FILE_LOGGER_PATH')} "
     f"args={sys.argv[1:]}",
     flush=True,

@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# A real one-node Slurm (slurmctld + slurmd on localhost, under a temp dir) for the Slurm tests.
+# A real Slurm (slurmctld + slurmd, under a temp dir) for the Slurm tests.
 #
-#   tests/slurm/run_slurm_test.sh start WORKDIR   start the daemons, wait for an idle node
-#   tests/slurm/run_slurm_test.sh stop WORKDIR    cancel its jobs, stop the daemons started in WORKDIR (by PID)
+#   tests/slurm/run_slurm_test.sh start WORKDIR [NODES]  start the daemons, wait until every node is idle
+#   tests/slurm/run_slurm_test.sh stop WORKDIR           cancel its jobs, stop the daemons started in WORKDIR
+#                                                        (by PID), remove its network namespaces
+#
+# One node (the default): slurmctld and slurmd on localhost, under the machine's hostname.
+# NODES >= 2 (root, iproute2, util-linux): every node is its own Linux network namespace with its
+# own address (10.231.0.N/24, which exists only inside these namespaces), UTS namespace (hostname
+# nodeN) and mount namespace (a private /dev/shm, and a private tmpfs on the folder named in
+# WORKDIR/node_tmp), joined by a bridge in one more namespace: the machine's own network is not
+# touched. slurmctld runs on node1; clients reach it through WORKDIR/bin (sbatch, squeue, sinfo,
+# scontrol, scancel, entering node1's network namespace): put WORKDIR/bin first in PATH.
 #
 # Installs nothing: needs Debian's slurm-wlm (.ci/install_slurm.sh). Exit code 77 when the
-# Slurm binaries are missing. Clients need SLURM_CONF=WORKDIR/etc/slurm.conf (printed by start).
+# Slurm binaries (or, for NODES >= 2, root or the namespace tools) are missing. Clients need
+# SLURM_CONF=WORKDIR/etc/slurm.conf (printed by start).
 
 set -euo pipefail
 
 cmd="${1:-}"
 work="${2:-}"
-[[ -n "$cmd" && -n "$work" ]] || { echo "usage: $0 start|stop WORKDIR" >&2; exit 2; }
+nodes="${3:-1}"
+[[ -n "$cmd" && -n "$work" && "$nodes" =~ ^[1-9]$ ]] || { echo "usage: $0 start|stop WORKDIR [NODES 1-9]" >&2; exit 2; }
+[[ "$work" == /* ]] || { echo "WORKDIR must be an absolute path, got '$work'" >&2; exit 2; }
+netns_prefix="erc$(printf %s "$work" | md5sum | cut -c1-6)"  # this WORKDIR's namespaces only
 
 stop_daemons() {
     # read every pid file first: the daemons delete theirs on exit
-    local files=("$work/run/slurmctld.pid" "$work/run/slurmd.pid") pids=() f pid
-    for f in "${files[@]}"; do
+    local pids=() f pid
+    for f in "$work"/run/slurm*.pid; do
         [[ -s "$f" ]] && pids+=("$(cat "$f")")
     done
     for pid in "${pids[@]}"; do
@@ -34,9 +47,31 @@ stop_daemons() {
     echo "stopped slurm daemons: ${pids[*]:-none}"
 }
 
+remove_namespaces() {
+    # what still runs in a node (nothing, once its jobs tore down) is killed by PID, then the namespace goes
+    local ns pid left
+    [[ -s "$work/run/netns" ]] || return 0
+    while read -r ns; do
+        left="$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+        if [[ -n "${left// /}" ]]; then
+            echo "killing processes left in network namespace $ns: $left"
+            for pid in $left; do kill -KILL "$pid" 2>/dev/null || true; done
+            for _ in $(seq 1 50); do
+                [[ -z "$(ip netns pids "$ns" 2>/dev/null)" ]] && break
+                sleep 0.1
+            done
+        fi
+        ip netns del "$ns" 2>/dev/null || true
+    done <"$work/run/netns"
+    if [[ -s "$work/node_tmp" ]]; then rmdir "$(cat "$work/node_tmp")" 2>/dev/null || true; fi
+    rm -f "$work/run/netns"
+    echo "removed the network namespaces of $work"
+}
+
 if [[ "$cmd" == stop ]]; then
     # jobs first (scoped to this cluster by SLURM_CONF), so no batch script outlives its slurmd
     export SLURM_CONF="$work/etc/slurm.conf"
+    [[ -d "$work/bin" ]] && export PATH="$work/bin:$PATH"
     if [[ -s "$work/run/slurmctld.pid" ]] && scancel --quiet --full --user="$(id -un)" 2>/dev/null; then
         for _ in $(seq 1 60); do
             [[ -z "$(squeue -h 2>/dev/null)" ]] && break
@@ -44,6 +79,7 @@ if [[ "$cmd" == stop ]]; then
         done
     fi
     stop_daemons
+    remove_namespaces
     exit 0
 fi
 [[ "$cmd" == start ]] || { echo "unknown command $cmd" >&2; exit 2; }
@@ -52,25 +88,42 @@ for bin in slurmctld slurmd sbatch squeue sinfo scontrol scancel; do
     command -v "$bin" >/dev/null 2>&1 || { echo "slurm binary '$bin' not found (run .ci/install_slurm.sh)" >&2; exit 77; }
 done
 
-host="$(hostname -s)"
 mem=$(( $(free -m | awk '/^Mem:/ {print $2}') * 95 / 100 ))
 cpus="$(nproc)"
 mkdir -p "$work/etc" "$work/state" "$work/spool" "$work/run" "$work/log"
-addr=""
-getent hosts "$host" >/dev/null 2>&1 || addr="NodeAddr=127.0.0.1"
-cat >"$work/etc/slurm.conf" <<EOF
+if [[ "$nodes" == 1 ]]; then
+    host="$(hostname -s)"
+    addr=""
+    getent hosts "$host" >/dev/null 2>&1 || addr="NodeAddr=127.0.0.1"
+    controller="$host"
+    node_lines="NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN $addr"
+    slurmd_pid="$work/run/slurmd.pid"
+else
+    if [[ "$(id -u)" != 0 ]] || ! command -v ip >/dev/null || ! command -v nsenter >/dev/null || ! command -v unshare >/dev/null; then
+        echo "$nodes nodes need root and ip (iproute2), nsenter, unshare (util-linux)" >&2
+        exit 77
+    fi
+    # the nodes share the machine's cores: each has all of them (slurmd checks CPUs against the hardware)
+    controller="node1(10.231.0.1)"
+    node_lines=""
+    for i in $(seq 1 "$nodes"); do
+        node_lines+="NodeName=node$i NodeAddr=10.231.0.$i CPUs=$cpus RealMemory=$((mem / nodes)) State=UNKNOWN"$'\n'
+    done
+    slurmd_pid="$work/run/slurmd-%n.pid"
+fi
+cat >"$work/etc/slurm.conf" <<CONF
 ClusterName=ercslurmtest
-SlurmctldHost=$host
+SlurmctldHost=$controller
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/none
 CredType=cred/none
 StateSaveLocation=$work/state
-SlurmdSpoolDir=$work/spool
+SlurmdSpoolDir=$work/spool/%n
 SlurmctldPidFile=$work/run/slurmctld.pid
-SlurmdPidFile=$work/run/slurmd.pid
+SlurmdPidFile=$slurmd_pid
 SlurmctldLogFile=$work/log/slurmctld.log
-SlurmdLogFile=$work/log/slurmd.log
+SlurmdLogFile=$work/log/slurmd-%n.log
 SlurmctldPort=${ERC_TEST_SLURMCTLD_PORT:-16817}
 SlurmdPort=${ERC_TEST_SLURMD_PORT:-16818}
 ProctrackType=proctrack/linuxproc
@@ -85,21 +138,61 @@ SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN $addr
+$node_lines
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-EOF
+CONF
 export SLURM_CONF="$work/etc/slurm.conf"
 
-slurmctld
-slurmd
+if [[ "$nodes" == 1 ]]; then
+    mkdir -p "$work/spool/$host"
+    slurmctld
+    slurmd
+else
+    node_tmp="/tmp/ercnode_${netns_prefix#erc}"  # short: Ray's socket paths under it stay below 107 bytes
+    echo "$node_tmp" >"$work/node_tmp"
+    mkdir -p "$node_tmp" "$work/bin"
+    : >"$work/run/netns"
+    switch="${netns_prefix}sw"
+    ip netns add "$switch"
+    echo "$switch" >>"$work/run/netns"
+    ip -n "$switch" link add br0 type bridge
+    ip -n "$switch" link set br0 up
+    for i in $(seq 1 "$nodes"); do
+        ns="${netns_prefix}n$i"
+        ip netns add "$ns"
+        echo "$ns" >>"$work/run/netns"
+        ip -n "$switch" link add "v$i" type veth peer name eth0 netns "$ns"
+        ip -n "$switch" link set "v$i" master br0 up
+        ip -n "$ns" addr add "10.231.0.$i/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+        mkdir -p "$work/spool/node$i"
+        daemons="slurmd -N node$i"
+        [[ "$i" == 1 ]] && daemons="slurmctld; $daemons"
+        # nsenter, not `ip netns exec`, which remounts /sys: slurmd needs the machine's /sys/fs/cgroup
+        nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private bash -c "
+            set -e
+            hostname node$i
+            mount -t tmpfs -o size=8g tmpfs /dev/shm
+            mount -t tmpfs tmpfs $node_tmp
+            $daemons"
+    done
+    for client in sbatch squeue sinfo scontrol scancel; do
+        printf '#!/bin/sh\nexec nsenter --net=/run/netns/%s %s "$@"\n' "${netns_prefix}n1" "$(command -v "$client")" >"$work/bin/$client"
+        chmod +x "$work/bin/$client"
+    done
+    export PATH="$work/bin:$PATH"
+fi
+states=""
 for _ in $(seq 1 60); do
-    state="$(sinfo -h -o %T 2>/dev/null | head -n 1 || true)"
-    if [[ "$state" == idle* ]]; then
+    states="$(sinfo -h -N -o %T 2>/dev/null || true)"
+    if [[ "$(grep -c '^idle' <<<"$states" || true)" == "$nodes" ]]; then
         echo "SLURM_CONF=$SLURM_CONF"
         exit 0
     fi
     sleep 1
 done
-echo "slurm node not idle after 60 s (state: '${state:-none}'); logs in $work/log" >&2
+echo "slurm: not all $nodes node(s) idle after 60 s (states: ${states//$'\n'/ }); logs in $work/log" >&2
 stop_daemons
+remove_namespaces
 exit 1
