@@ -1,7 +1,13 @@
-"""Wait until a Ray cluster shows the expected nodes and GPUs; exit 1 with what it has on timeout,
-or at once if one of the processes starting it (``--watch-pids``) has exited.
+"""Wait until every node of a Slurm job has joined its Ray cluster with its GPUs; exit 1 naming the
+nodes missing (and the GPUs expected) on timeout, or at once if a node's Ray start-up step exits.
 
-    python slurm/wait_for_ray.py --address HEAD_IP:PORT --nodes N --gpus G [--timeout 600] [--watch-pids PID...]
+    python slurm/wait_for_ray.py --address HEAD_IP:PORT --gpus-per-node G --node HOST=PID [--node HOST=PID ...]
+                                 [--timeout 600]
+
+One ``--node`` per Slurm node: its hostname (``scontrol show hostnames``) and the PID of the
+``srun`` step that runs ``ray start`` on it. A Ray node is matched to a Slurm node by hostname
+(the part before the first dot), or, where the names differ, the cluster is ready once it shows
+as many nodes and GPUs as expected.
 """
 
 import argparse
@@ -9,14 +15,22 @@ import sys
 import time
 
 
-def cluster_state(address: str) -> tuple[int, float]:
-    """(alive nodes, total GPUs) of the cluster at ``address``."""
+def short(hostname: str) -> str:
+    return hostname.split(".", 1)[0]
+
+
+def cluster_state(address: str) -> dict[str, float]:
+    """Hostname -> GPUs of every alive node of the cluster at ``address``."""
     import ray
 
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
-        alive = [n for n in ray.nodes() if n.get("Alive")]
-        return len(alive), sum(n.get("Resources", {}).get("GPU", 0.0) for n in alive)
+        state: dict[str, float] = {}
+        for node in ray.nodes():
+            if node.get("Alive"):
+                name = short(node.get("NodeManagerHostname", "?"))
+                state[name] = state.get(name, 0.0) + node.get("Resources", {}).get("GPU", 0.0)
+        return state
     finally:
         ray.shutdown()
 
@@ -30,16 +44,37 @@ def exited(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def missing(nodes: list[str], state: dict[str, float], gpus_per_node: int) -> list[str]:
+    """The Slurm nodes not (yet) in the cluster with their GPUs, as 'HOST (why)'."""
+    out = []
+    for host in nodes:
+        gpus = state.get(short(host))
+        if gpus is None:
+            out.append(f"{host} (not joined)")
+        elif gpus < gpus_per_node:
+            out.append(f"{host} (joined with {gpus:g} of {gpus_per_node} GPU(s))")
+    return out
+
+
+def node_pid(text: str) -> tuple[str, int]:
+    host, _, pid = text.rpartition("=")
+    if not host or not pid.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST=PID, got {text!r}")
+    return host, int(pid)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True)
-    parser.add_argument("--nodes", type=int, required=True)
-    parser.add_argument("--gpus", type=int, required=True, help="total GPUs expected (0 for a CPU cluster)")
+    parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs each node must show (0 for CPU nodes)")
+    parser.add_argument("--node", type=node_pid, action="append", required=True, metavar="HOST=PID",
+                        help="a Slurm node and the PID of the step starting Ray on it (one per node)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between checks")
-    parser.add_argument("--watch-pids", type=int, nargs="*", default=[], help="fail if one of these exits")
     args = parser.parse_args()
 
+    nodes = [host for host, _ in args.node]
+    expected = f"{len(nodes)} node(s) x {args.gpus_per_node} GPU(s)"
     deadline = time.monotonic() + args.timeout
     state, error = None, None
     while True:
@@ -47,14 +82,18 @@ def main() -> int:
             state, error = cluster_state(args.address), None
         except Exception as exc:  # GCS not up yet, or connection refused
             error = f"{type(exc).__name__}: {exc}"
-        if state and state[0] >= args.nodes and state[1] >= args.gpus:
-            print(f"[wait_for_ray] cluster ready: {state[0]} node(s), {state[1]:g} GPU(s) at {args.address}", flush=True)
+        absent = missing(nodes, state or {}, args.gpus_per_node)
+        # by hostname, or (a Slurm NodeName that is not the host's name) by count
+        counted = state is not None and len(state) >= len(nodes) and sum(state.values()) >= len(nodes) * args.gpus_per_node
+        if state is not None and (not absent or counted):
+            gpus = sum(state.values())
+            print(f"[wait_for_ray] cluster ready: {len(state)} node(s), {gpus:g} GPU(s) at {args.address}", flush=True)
             return 0
-        dead = [pid for pid in args.watch_pids if exited(pid)]
+        dead = [f"{host} (pid {pid})" for host, pid in args.node if exited(pid)]
         if dead:
             print(
-                f"[wait_for_ray] ERROR: the Ray start-up process(es) {dead} exited before the cluster at "
-                f"{args.address} was up; see their output above.",
+                f"[wait_for_ray] ERROR: the Ray start-up step on {', '.join(dead)} exited before the cluster at "
+                f"{args.address} was up (expected {expected}; missing: {', '.join(absent)}); see its output above.",
                 file=sys.stderr,
                 flush=True,
             )
@@ -62,11 +101,10 @@ def main() -> int:
         if time.monotonic() >= deadline:
             break
         time.sleep(args.interval)
-    seen = f"{state[0]} node(s), {state[1]:g} GPU(s)" if state else "no connection"
     print(
-        f"[wait_for_ray] ERROR: after {args.timeout:g}s the Ray cluster at {args.address} shows {seen}; "
-        f"expected {args.nodes} node(s), {args.gpus} GPU(s)." + (f" Last error: {error}" if error else "")
-        + " Check the ray start lines of this job's log and that the ports are open between nodes.",
+        f"[wait_for_ray] ERROR: after {args.timeout:g}s the Ray cluster at {args.address} is missing "
+        f"{', '.join(absent)}; expected {expected}." + (f" Last error: {error}" if error else "")
+        + " Check the ray start lines of this job's log and that the ports are open between the nodes.",
         file=sys.stderr,
         flush=True,
     )

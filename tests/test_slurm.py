@@ -317,3 +317,32 @@ def test_two_node_cluster_listens_on_the_documented_ports_only_and_refuses_a_cli
     subprocess.run(["scancel", job], env=env, check=True)
     wait_for(lambda: not any(node_processes(ns) for ns in namespaces), 120, "Ray to stop on both nodes", log)
     assert "teardown: stopping the driver and Ray on 2 node(s)" in log.read_text()
+
+
+def test_a_node_whose_ray_cannot_start_fails_the_job_at_once_naming_it(two_node_job_env):
+    env, tmp, namespaces = two_node_job_env
+    # another program holds node2's raylet port: Ray cannot start there, and node2 never joins
+    holder = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{namespaces[1]}", sys.executable, "-c",
+         "import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+         "s.bind(('0.0.0.0', 26380)); s.listen(); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read() if holder.poll() is not None else ""
+        started = time.monotonic()
+        job = submit(env, tmp / "logs", nodes=2)  # ERC_RAY_WAIT_S stays 600 s: the step's exit ends the wait
+        log = job_log(tmp / "logs", job)
+        finished = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+        wait_for(lambda: job_field(env, job, "JobState") in finished, 300, "the job to fail", log)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    text = log.read_text()
+    assert job_field(env, job, "JobState") == "FAILED", text
+    assert re.search(r"\[wait_for_ray\] ERROR: the Ray start-up step on node2 \(pid \d+\) exited before the cluster at "
+                     r"10\.231\.0\.1:26379 was up \(expected 2 node\(s\) x 0 GPU\(s\); missing: node2 \(not joined\)\)", text), text
+    assert "running recipes/" not in text and "teardown: done (exit code 1)" in text
+    assert elapsed < 150, f"{elapsed:.0f} s"  # Ray's own start-up timeout on node2, then the teardown
+    assert {ns: node_processes(ns) for ns in namespaces} == {ns: [] for ns in namespaces}
