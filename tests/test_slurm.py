@@ -130,12 +130,22 @@ def job_log(logs: Path, job: str) -> Path:
     return logs / f"erc-erc_dapo_7b-{job}.out"
 
 
+def wait_finished(env, job: str, timeout: float, what: str, log: Path):
+    finished = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+    wait_for(lambda: job_field(env, job, "JobState") in finished, timeout, what, log)
+
+
+def assert_in_order(text: str, steps: list[str]):
+    positions = [text.find(step) for step in steps]
+    assert all(p >= 0 for p in positions), f"missing {[s for s, p in zip(steps, positions) if p < 0]}:\n{text}"
+    assert positions == sorted(positions), text
+
+
 def test_job_starts_ray_runs_recipe_and_tears_down(job_env):
     env, tmp, ray_tmp = job_env
     job = submit(env, tmp / "logs", "trainer.total_epochs=3")
     log = job_log(tmp / "logs", job)
-    finished = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
-    wait_for(lambda: job_field(env, job, "JobState") in finished, 300, "the job to finish", log)
+    wait_finished(env, job, 300, "the job to finish", log)
     text = log.read_text()
 
     assert job_field(env, job, "JobState") == "COMPLETED", text
@@ -149,9 +159,7 @@ def test_job_starts_ray_runs_recipe_and_tears_down(job_env):
         "recipe finished with exit code 0",
         "teardown: done (exit code 0)",
     ]
-    positions = [text.find(step) for step in steps]
-    assert all(p >= 0 for p in positions), f"missing {[s for s, p in zip(steps, positions) if p < 0]}:\n{text}"
-    assert positions == sorted(positions), text
+    assert_in_order(text, steps)
     trainer_line = next(line for line in text.splitlines() if line.startswith("FAKE_TRAINER connected"))
     # the allocation's shape first, then the user's override unchanged
     assert "'trainer.nnodes=1', 'trainer.n_gpus_per_node=0', 'trainer.total_epochs=3'" in trainer_line
@@ -197,6 +205,29 @@ def test_requeue_tears_down_and_relaunches_the_same_run(job_env):
     ckpt = f"trainer.default_local_dir={tmp}/runs/erc_dapo_7b-seed1/checkpoints"
     assert all(ckpt in line for line in launches), launches
     assert ray_processes(ray_tmp) == []
+
+
+
+def test_a_second_job_on_the_node_with_the_same_ports_stops_naming_them_and_leaves_the_first_alone(job_env):
+    env, tmp, ray_tmp = job_env
+    first = submit(dict(env, FAKE_TRAINER_HOLD="1"), tmp / "logs")
+    first_log = job_log(tmp / "logs", first)
+    wait_for(lambda: first_log.exists() and "FAKE_TRAINER holding" in first_log.read_text(), 300, "the first job", first_log)
+    first_ray = ray_processes(ray_tmp)
+
+    second = submit(env, tmp / "logs")  # the same ports (RAY_PORTS), the same node
+    log = job_log(tmp / "logs", second)
+    wait_finished(env, second, 120, "the second job to stop", log)
+    text = log.read_text()
+    assert job_field(env, second, "JobState") == "FAILED", text
+    busy = re.search(r"\[erc-slurm\] ERROR: on \S+ port\(s\) (.*) are in use, by another job's Ray", text)
+    assert busy, text
+    assert "26379 (ERC_RAY_PORT)" in busy.group(1) and "26380 (ERC_RAY_NODE_MANAGER_PORT)" in busy.group(1)
+    assert "starting Ray head" not in text and "FAKE_TRAINER" not in text  # never started Ray, never joined the first's
+    # the first job is untouched: still running, its Ray processes the same
+    assert job_field(env, first, "JobState") == "RUNNING" and ray_processes(ray_tmp) == first_ray
+    subprocess.run(["scancel", first], env=env, check=True)
+    wait_for(lambda: ray_processes(ray_tmp) == [], 120, "the first job's Ray to stop", first_log)
 
 
 # --- two Slurm nodes: network namespaces 10.231.0.1 (node1: slurmctld, the Ray head) and 10.231.0.2 ---
@@ -265,8 +296,7 @@ def test_two_node_job_runs_the_ray_head_and_a_worker_on_their_own_nodes_and_tear
     env, tmp, namespaces = two_node_job_env
     job = submit(env, tmp / "logs", "trainer.total_epochs=3", nodes=2)
     log = job_log(tmp / "logs", job)
-    finished = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
-    wait_for(lambda: job_field(env, job, "JobState") in finished, 300, "the job to finish", log)
+    wait_finished(env, job, 300, "the job to finish", log)
     text = log.read_text()
 
     assert (job_field(env, job, "JobState"), job_field(env, job, "ExitCode")) == ("COMPLETED", "0:0"), text
@@ -282,9 +312,7 @@ def test_two_node_job_runs_the_ray_head_and_a_worker_on_their_own_nodes_and_tear
         "teardown: stopping the driver and Ray on 2 node(s)",
         "teardown: done (exit code 0)",
     ]
-    positions = [text.find(step) for step in steps]
-    assert all(p >= 0 for p in positions), f"missing {[s for s, p in zip(steps, positions) if p < 0]}:\n{text}"
-    assert positions == sorted(positions), text
+    assert_in_order(text, steps)
     trainer_line = next(line for line in text.splitlines() if line.startswith("FAKE_TRAINER connected"))
     assert "'trainer.nnodes=2', 'trainer.n_gpus_per_node=0', 'trainer.total_epochs=3'" in trainer_line
     assert {ns: node_processes(ns) for ns in namespaces} == {ns: [] for ns in namespaces}  # Ray stopped on both
@@ -319,30 +347,26 @@ def test_two_node_cluster_listens_on_the_documented_ports_only_and_refuses_a_cli
     assert "teardown: stopping the driver and Ray on 2 node(s)" in log.read_text()
 
 
-def test_a_node_whose_ray_cannot_start_fails_the_job_at_once_naming_it(two_node_job_env):
+def test_a_node_whose_ray_cannot_start_fails_the_job_at_once_naming_it(two_nodes, two_node_job_env):
     env, tmp, namespaces = two_node_job_env
-    # another program holds node2's raylet port: Ray cannot start there, and node2 never joins
-    holder = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{namespaces[1]}", sys.executable, "-c",
-         "import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-         "s.bind(('0.0.0.0', 26380)); s.listen(); print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    _, work, _ = two_nodes
+    # node2's Ray session folder cannot be created (a file is in its place, in node2's own /tmp mount): its
+    # `ray start` fails and node2 never joins
+    env = dict(env, ERC_RAY_TMP=f"{env['ERC_RAY_TMP']}-unwritable")  # a folder no earlier job made
+    node2 = ["nsenter", "-t", (work / "run" / "slurmd-node2.pid").read_text().strip(), "-m"]
+    subprocess.run([*node2, "touch", env["ERC_RAY_TMP"]], check=True)
     try:
-        assert holder.stdout.readline().strip() == "held", holder.stderr.read() if holder.poll() is not None else ""
         started = time.monotonic()
         job = submit(env, tmp / "logs", nodes=2)  # ERC_RAY_WAIT_S stays 600 s: the step's exit ends the wait
         log = job_log(tmp / "logs", job)
-        finished = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
-        wait_for(lambda: job_field(env, job, "JobState") in finished, 300, "the job to fail", log)
+        wait_finished(env, job, 300, "the job to fail", log)
         elapsed = time.monotonic() - started
     finally:
-        holder.kill()
-        holder.wait()
+        subprocess.run([*node2, "rm", "-f", env["ERC_RAY_TMP"]], check=True)
     text = log.read_text()
     assert job_field(env, job, "JobState") == "FAILED", text
     assert re.search(r"\[wait_for_ray\] ERROR: the Ray start-up step on node2 \(pid \d+\) exited before the cluster at "
                      r"10\.231\.0\.1:26379 was up \(expected 2 node\(s\) x 0 GPU\(s\); missing: node2 \(not joined\)\)", text), text
     assert "running recipes/" not in text and "teardown: done (exit code 1)" in text
-    assert elapsed < 150, f"{elapsed:.0f} s"  # Ray's own start-up timeout on node2, then the teardown
+    assert elapsed < 150, f"{elapsed:.0f} s"
     assert {ns: node_processes(ns) for ns in namespaces} == {ns: [] for ns in namespaces}
