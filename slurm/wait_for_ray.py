@@ -85,7 +85,7 @@ def main() -> int:
         absent = missing(nodes, state or {}, args.gpus_per_node)
         # by hostname, or (a Slurm NodeName that is not the host's name) by count
         counted = state is not None and len(state) >= len(nodes) and sum(state.values()) >= len(nodes) * args.gpus_per_node
-        if state is not None and (not absent or counted):
+        if not absent or counted:  # (no state: every node is absent)
             gpus = sum(state.values())
             print(f"[wait_for_ray] cluster ready: {len(state)} node(s), {gpus:g} GPU(s) at {args.address}", flush=True)
             return 0

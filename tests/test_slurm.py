@@ -111,23 +111,26 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; job log:\n{text}")
 
 
+def cmdline(pid: str) -> str | None:
+    """The command line of process ``pid``, or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
 def ray_processes(ray_tmp: Path) -> list[str]:
     """Command lines of live processes that belong to the Ray session under ``ray_tmp``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(ray_tmp) in cmdline:
-            found.append(cmdline)
-    return found
+    pids = (proc.name for proc in Path("/proc").iterdir() if proc.name.isdigit() and int(proc.name) != os.getpid())
+    return [line for line in map(cmdline, pids) if line is not None and str(ray_tmp) in line]
 
 
 def job_log(logs: Path, job: str) -> Path:
     return logs / f"erc-erc_dapo_7b-{job}.out"
+
+
+def wait_logged(log: Path, line: str, what: str, timeout: float = 300):
+    wait_for(lambda: log.exists() and line in log.read_text(), timeout, what, log)
 
 
 def wait_finished(env, job: str, timeout: float, what: str, log: Path):
@@ -172,7 +175,7 @@ def test_requeue_tears_down_and_relaunches_the_same_run(job_env):
     env = dict(env, FAKE_TRAINER_HOLD="1")
     job = submit(env, tmp / "logs")
     log = job_log(tmp / "logs", job)
-    wait_for(lambda: log.exists() and "FAKE_TRAINER holding" in log.read_text(), 300, "the trainer to start", log)
+    wait_logged(log, "FAKE_TRAINER holding", "the trainer to start")
 
     running = ray_processes(ray_tmp)
     head = [c for c in running if "ray start --head" in c]
@@ -207,12 +210,11 @@ def test_requeue_tears_down_and_relaunches_the_same_run(job_env):
     assert ray_processes(ray_tmp) == []
 
 
-
 def test_a_second_job_on_the_node_with_the_same_ports_stops_naming_them_and_leaves_the_first_alone(job_env):
     env, tmp, ray_tmp = job_env
     first = submit(dict(env, FAKE_TRAINER_HOLD="1"), tmp / "logs")
     first_log = job_log(tmp / "logs", first)
-    wait_for(lambda: first_log.exists() and "FAKE_TRAINER holding" in first_log.read_text(), 300, "the first job", first_log)
+    wait_logged(first_log, "FAKE_TRAINER holding", "the first job")
     first_ray = ray_processes(ray_tmp)
 
     second = submit(env, tmp / "logs")  # the same ports (RAY_PORTS), the same node
@@ -238,16 +240,15 @@ SLURM_PROCESSES = ("slurmctld", "slurmd", "slurmscriptd", "slurmstepd", "srun")
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    """A running two-node Slurm; yields (environment for its clients, WORKDIR, node namespaces). Stops it after."""
+    """A running two-node Slurm; yields (WORKDIR, node namespaces). Stops it after."""
     work = tmp_path_factory.mktemp("slurm2")
     started = subprocess.run(["bash", str(START), "start", str(work), "2"], capture_output=True, text=True)
     if started.returncode == 77:
         pytest.skip(f"two Slurm nodes need namespaces: {started.stderr.strip()}")
     assert started.returncode == 0, f"slurm did not start:\n{started.stdout}\n{started.stderr}"
-    env = dict(os.environ, SLURM_CONF=str(work / "etc" / "slurm.conf"), PATH=f"{work / 'bin'}:{os.environ['PATH']}")
     namespaces = sorted(n for n in (work / "run" / "netns").read_text().split() if not n.endswith("sw"))
     try:
-        yield env, work, namespaces
+        yield work, namespaces
     finally:
         subprocess.run(["bash", str(START), "stop", str(work)], check=False)
     assert not any(Path("/run/netns", ns).exists() for ns in namespaces)
@@ -256,24 +257,17 @@ def two_nodes(tmp_path_factory):
 @pytest.fixture
 def two_node_job_env(two_nodes, job_env):
     """job_env on the two-node cluster; Ray's sessions in each node's private tmpfs."""
-    (env, tmp, _), (slurm_env, work, namespaces) = job_env, two_nodes
+    (env, tmp, _), (work, namespaces) = job_env, two_nodes
     node_tmp = (work / "node_tmp").read_text().strip()
-    return dict(env, SLURM_CONF=slurm_env["SLURM_CONF"], PATH=f"{work / 'bin'}:{env['PATH']}",
+    return dict(env, SLURM_CONF=str(work / "etc" / "slurm.conf"), PATH=f"{work / 'bin'}:{env['PATH']}",
                 ERC_RAY_TMP=f"{node_tmp}/ray"), tmp, namespaces
 
 
 def node_processes(namespace: str) -> list[str]:
     """Command lines of the processes in a node's network namespace, Slurm's own daemons left out."""
     pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True).stdout.split()
-    found = []
-    for pid in pids:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if not cmdline.lstrip(": ").startswith(SLURM_PROCESSES):
-            found.append(cmdline)
-    return found
+    lines = [line.strip() for line in map(cmdline, pids) if line is not None]
+    return [line for line in lines if not line.lstrip(": ").startswith(SLURM_PROCESSES)]
 
 
 def listening_ports(namespace: str) -> dict[int, str]:
@@ -323,7 +317,7 @@ def test_two_node_cluster_listens_on_the_documented_ports_only_and_refuses_a_cli
     env = dict(env, FAKE_TRAINER_HOLD="1")
     job = submit(env, tmp / "logs", nodes=2)
     log = job_log(tmp / "logs", job)
-    wait_for(lambda: log.exists() and "FAKE_TRAINER holding" in log.read_text(), 300, "the trainer to start", log)
+    wait_logged(log, "FAKE_TRAINER holding", "the trainer to start")
 
     documented = {int(v) for k, v in RAY_PORTS.items() if "WORKER_PORT" not in k}
     workers = range(int(RAY_PORTS["ERC_RAY_MIN_WORKER_PORT"]), int(RAY_PORTS["ERC_RAY_MAX_WORKER_PORT"]) + 1)
@@ -349,7 +343,7 @@ def test_two_node_cluster_listens_on_the_documented_ports_only_and_refuses_a_cli
 
 def test_a_node_whose_ray_cannot_start_fails_the_job_at_once_naming_it(two_nodes, two_node_job_env):
     env, tmp, namespaces = two_node_job_env
-    _, work, _ = two_nodes
+    work, _ = two_nodes
     # node2's Ray session folder cannot be created (a file is in its place, in node2's own /tmp mount): its
     # `ray start` fails and node2 never joins
     env = dict(env, ERC_RAY_TMP=f"{env['ERC_RAY_TMP']}-unwritable")  # a folder no earlier job made
