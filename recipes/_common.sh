@@ -54,6 +54,11 @@ erc_recipe() {
     local launch
     launch="$(date +%Y%m%d-%H%M%S)${SLURM_JOB_ID:+-job$SLURM_JOB_ID}${SLURM_RESTART_COUNT:+-restart$SLURM_RESTART_COUNT}"
 
+    # verl's TensorBoard and file loggers read their locations from the environment of verl's task
+    # runner, a Ray actor: passed in Ray's runtime env, since a cluster started apart from the driver
+    # (ray start, Slurm) does not see the driver's environment. One metrics file per launch: verl's
+    # file logger truncates the file it opens.
+    local tensorboard_dir="$run_dir/tensorboard" metrics_file="$run_dir/metrics/$launch.jsonl"
     local entry
     read -r -a entry <<<"${VERL_ERC_ENTRYPOINT:-${ERC_PYTHON:-python} -m verl_erc.main}"
     local cmd=(
@@ -64,19 +69,17 @@ erc_recipe() {
         "data.seed=$seed"
         "trainer.experiment_name=$run_name"
         "trainer.default_local_dir=$run_dir/checkpoints"
+        "++ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR=$tensorboard_dir"
+        "++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH=$metrics_file"
         "$@"
     )
-    # verl's TensorBoard and file loggers read their locations from the environment; one metrics
-    # file per launch, since verl's file logger truncates the file it opens.
-    export TENSORBOARD_DIR="$run_dir/tensorboard"
-    export VERL_FILE_LOGGER_PATH="$run_dir/metrics/$launch.jsonl"
 
-    echo "run directory: $run_dir (TensorBoard: $TENSORBOARD_DIR, metrics: $VERL_FILE_LOGGER_PATH)"
+    echo "run directory: $run_dir (TensorBoard: $tensorboard_dir, metrics: $metrics_file)"
     echo "command: $(printf '%q ' "${cmd[@]}")"
     if [[ "${VERL_ERC_DRY_RUN:-0}" == 1 ]]; then
         return 0
     fi
-    mkdir -p "$run_dir/metrics" "$TENSORBOARD_DIR"
+    mkdir -p "$run_dir/metrics" "$tensorboard_dir"
     printf '%s %s\n' "$launch" "$(printf '%q ' "${cmd[@]}")" >>"$run_dir/launches.log"
     exec "${cmd[@]}"
 }

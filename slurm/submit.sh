@@ -3,6 +3,7 @@
 #
 #   slurm/submit.sh [options] RECIPE [hydra overrides...]
 #   e.g. slurm/submit.sh -N 2 -p gpu -t 2-00:00:00 erc_dapo_7b trainer.total_training_steps=500
+#        slurm/submit.sh --rehearse -N 2 -g 1 erc_dapo_7b   (its CPU rehearsal, one training process per node)
 #
 # Options (flag, or the environment variable in brackets):
 #   -N, --nodes N            nodes                          [ERC_SLURM_NODES, default 1]
@@ -13,6 +14,8 @@
 #   -l, --log-dir DIR        job logs (%x-%j.out)           [ERC_SLURM_LOG_DIR, default ./slurm-logs]
 #   -r, --requeue-margin S   requeue S seconds before the time limit, 0 to disable
 #                                                           [ERC_SLURM_REQUEUE_MARGIN, default 600]
+#   -R, --rehearse           run the recipe's laptop-scale rehearsal (recipes/rehearse.sh) on CPU nodes;
+#                            -g G then counts training processes per node (Slurm GPUs or gres)
 #   -n, --dry-run            print the sbatch command only
 # Any other sbatch option: ERC_SLURM_EXTRA_ARGS="--account=abc --qos=high".
 # The recipe reads its paths from the environment (recipes/_common.sh); sbatch passes it on.
@@ -20,7 +23,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 nodes="${ERC_SLURM_NODES:-1}"
 gpus="${ERC_SLURM_GPUS_PER_NODE:-8}"
@@ -30,6 +33,7 @@ time_limit="${ERC_SLURM_TIME:-2-00:00:00}"
 log_dir="${ERC_SLURM_LOG_DIR:-$PWD/slurm-logs}"
 margin="${ERC_SLURM_REQUEUE_MARGIN:-600}"
 dry_run=0
+rehearse=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -N | --nodes) nodes="$2"; shift 2 ;;
@@ -39,6 +43,7 @@ while [[ $# -gt 0 ]]; do
         -t | --time) time_limit="$2"; shift 2 ;;
         -l | --log-dir) log_dir="$2"; shift 2 ;;
         -r | --requeue-margin) margin="$2"; shift 2 ;;
+        -R | --rehearse) rehearse=1; shift ;;
         -n | --dry-run) dry_run=1; shift ;;
         -h | --help) usage; exit 0 ;;
         -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -80,14 +85,16 @@ if [[ "$margin" -gt 0 && $(( 2 * margin )) -ge "$(time_seconds "$time_limit")" ]
     exit 2
 fi
 
+job_name="erc-$recipe"
+[[ "$rehearse" == 1 ]] && job_name+="-rehearsal"
 args=(
-    --job-name="erc-$recipe"
+    --job-name="$job_name"
     --nodes="$nodes"
     --ntasks-per-node=1
     --time="$time_limit"
     --output="$log_dir/%x-%j.out"
     --error="$log_dir/%x-%j.out"
-    --export="ALL,VERL_ERC_ROOT=$ROOT,ERC_GPUS_PER_NODE=$gpus"
+    --export="ALL,VERL_ERC_ROOT=$ROOT,ERC_GPUS_PER_NODE=$gpus,ERC_REHEARSE=$rehearse"
 )
 [[ "$gpus" -gt 0 ]] && args+=(--gpus-per-node="$gpus" --exclusive)
 [[ -n "$cpus" ]] && args+=(--cpus-per-task="$cpus")

@@ -73,6 +73,35 @@ def test_ray_resource_shortfalls_fail_fast_with_every_consumer_listed(overrides,
     assert "TransferQueue controller" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "address, ray_address_env, joins",
+    [
+        ("local", "10.0.0.1:6379", False),  # Ray ignores RAY_ADDRESS for address="local": a fresh instance
+        ("10.0.0.1:6379", None, True),  # the Slurm job's cluster (slurm/erc_ray.sbatch passes its address)
+        ("auto", "10.0.0.1:6379", True),
+        (None, "10.0.0.1:6379", True),
+        (None, None, False),
+    ],
+)
+def test_joining_a_cluster_follows_rays_address_rules_and_skips_the_local_resource_check(
+    monkeypatch, address, ray_address_env, joins
+):
+    from verl_erc.cpu import preflight as module
+
+    if ray_address_env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address_env)
+    # 1 CPU would fail the laptop's resource check on a fresh instance; a joined cluster's own check applies
+    config = rehearsal_config("ray_kwargs.ray_init.num_cpus=1", f"++ray_kwargs.ray_init.address={address or 'null'}")
+    assert module._external_cluster(config) is joins
+    if joins:
+        check_ray_resources(config)
+    else:
+        with pytest.raises(PreflightError, match="wait for them forever"):
+            check_ray_resources(config)
+
+
 def test_cuda_visible_devices_that_ray_would_refuse_is_named(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     config = rehearsal_config()

@@ -2,6 +2,7 @@
 the paper's values key by key, and what each ERC run changes against its baseline."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -320,11 +321,14 @@ def test_rehearse_runs_the_recipe_script_with_the_laptop_profile_and_local_asset
     words = next(line for line in out.stdout.splitlines() if line.startswith("command: ")).split()[1:]
     paths = asset_paths()
     run_dir = tmp_path / "outputs" / "rehearsals" / "gppo_1p5b-seed3"  # the default ERC_RUNS_DIR
+    launch = re.search(rf"metrics: {run_dir}/metrics/(\S+)\.jsonl\)", out.stdout).group(1)
     assert words == [
         sys.executable, "-m", "verl_erc.main", "--config-name", "gppo_1p5b",
         f"actor_rollout_ref.model.path={paths['model']}",
         f"data.train_files={paths['train']}", f"data.val_files={paths['val']}",
         "data.seed=3", "trainer.experiment_name=gppo_1p5b-seed3", f"trainer.default_local_dir={run_dir}/checkpoints",
+        f"++ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR={run_dir}/tensorboard",
+        f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir}/metrics/{launch}.jsonl",
         REHEARSAL, "trainer.total_training_steps=2",
     ]
 
@@ -362,6 +366,7 @@ def test_recipe_forwards_overrides_unchanged(recipe_env, name):
     words = command.split()
     assert words[1:6] == ["python", "-m", "verl_erc.main", "--config-name", name]
     run_dir = tmp / "runs" / f"{name}-seed7"
+    launch = re.search(rf"metrics: {run_dir}/metrics/(\S+)\.jsonl\)", out.stdout).group(1)
     assert words[6:] == [
         f"actor_rollout_ref.model.path={tmp}/model",
         f"data.train_files={tmp}/data/train.parquet",
@@ -369,6 +374,9 @@ def test_recipe_forwards_overrides_unchanged(recipe_env, name):
         "data.seed=7",
         f"trainer.experiment_name={name}-seed7",
         f"trainer.default_local_dir={run_dir}/checkpoints",
+        # verl's loggers read these in its task runner, a Ray actor: passed in Ray's runtime env
+        f"++ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR={run_dir}/tensorboard",
+        f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir}/metrics/{launch}.jsonl",
         "trainer.total_epochs=3",
         "trainer.logger=\\[console\\,wandb\\]",  # printed shell-quoted (printf %q)
     ]

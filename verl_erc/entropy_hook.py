@@ -6,9 +6,10 @@ subclass's bases: :class:`verl_erc.engine.ErcFSDPEngineWithLMHead` on GPU/NPU,
 
 - ``forward_backward_batch``: when the loss is ERC's (:func:`verl_erc.losses.erc_ppo_loss` with
   ``erc.enable``), it flags the batch (:data:`ERC_ENTROPY_FLAG`) so that every micro-batch computes
-  the current entropy. When the loss's config has ERC on but the loss is not ERC's (the trainer did
-  not install it: verl's legacy trainer, or a trainer registered after the plugin), a training pass
-  raises :class:`verl_erc.losses.ErcInputError` before any gradient is taken.
+  the current entropy, and prints once per process the rank and host it runs on. When the loss's
+  config has ERC on but the loss is not ERC's (the trainer did not install it: verl's legacy
+  trainer, or a trainer registered after the plugin), a training pass raises
+  :class:`verl_erc.losses.ErcInputError` before any gradient is taken.
 - ``prepare_model_outputs``: on a flagged micro-batch it adds ``model_output["erc_entropy"]``, the
   entropy of every token's next-token distribution at the log-probs' temperature, without an
   autograd graph, in the same nested layout as ``log_probs`` (padded and no-padding inputs, dynamic
@@ -26,7 +27,10 @@ a process imports first.
 
 from __future__ import annotations
 
+import socket
+
 import torch
+import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from verl.utils import tensordict_utils as tu
 
@@ -63,6 +67,10 @@ class ErcEntropyMixin:
         erc = erc_of_loss(loss_function)
         if erc is not None and loss_function.func is erc_ppo_loss:
             tu.assign_non_tensor(data, **{ERC_ENTROPY_FLAG: True, ERC_CHUNK_SIZE_KEY: erc.entropy_chunk_size})
+            if not getattr(self, "_erc_announced", False):  # once per training process: where ERC runs
+                self._erc_announced = True
+                rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+                print(f"verl_erc: ERC entropy hook on rank {rank} of {world} ({socket.gethostname()})", flush=True)
         elif erc is not None and not forward_only:
             raise ErcInputError(
                 f"{ERC_KEY}.enable=true but the actor's loss is {loss_function.func.__module__}."

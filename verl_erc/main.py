@@ -5,13 +5,19 @@ verl's ``ppo_trainer``; the default, ``erc_trainer``, is verl's config plus the 
 ERC config is validated here, before Ray starts, then verl's own entry point runs the job.
 """
 
-import hydra
-from verl.trainer import main_ppo
+import os
 
-from verl_erc import __version__
-from verl_erc.cpu.preflight import preflight
-from verl_erc.shm import removes_run_shared_memory
-from verl_erc.trainer import erc_enabled, validate_erc_config
+# Ray folds worker lines that differ only in numbers into one ("[repeated Nx across cluster]"): keep
+# our per-rank lines whole (e.g. which rank and host the ERC hook runs on). Read when Ray is imported.
+os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", "^verl_erc: ")
+
+import hydra  # noqa: E402
+from verl.trainer import main_ppo  # noqa: E402
+
+from verl_erc import __version__  # noqa: E402
+from verl_erc.cpu.preflight import preflight  # noqa: E402
+from verl_erc.shm import removes_run_shared_memory  # noqa: E402
+from verl_erc.trainer import erc_enabled, validate_erc_config  # noqa: E402
 
 
 @hydra.main(config_path="pkg://verl_erc.hydra_conf", config_name="erc_trainer", version_base=None)

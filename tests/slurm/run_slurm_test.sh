@@ -9,9 +9,11 @@
 # NODES >= 2 (root, iproute2, util-linux): every node is its own Linux network namespace with its
 # own address (10.231.0.N/24, which exists only inside these namespaces), UTS namespace (hostname
 # nodeN) and mount namespace (a private /dev/shm, and a private tmpfs on the folder named in
-# WORKDIR/node_tmp), joined by a bridge in one more namespace: the machine's own network is not
-# touched. slurmctld runs on node1; clients reach it through WORKDIR/bin (sbatch, squeue, sinfo,
-# scontrol, scancel, entering node1's network namespace): put WORKDIR/bin first in PATH.
+# WORKDIR/node_tmp, an /etc/hosts naming every node), joined by a bridge in one more namespace: the
+# machine's own network is not touched. Each node has ERC_TEST_NODE_CPUS (8) logical CPUs and one
+# logical GPU (gres gpu:1 without a device), what the CPU backend trains one process with.
+# slurmctld runs on node1; clients reach it through WORKDIR/bin (sbatch, squeue, sinfo, scontrol,
+# scancel, entering node1's network namespace): put WORKDIR/bin first in PATH.
 #
 # Installs nothing: needs Debian's slurm-wlm (.ci/install_slurm.sh). Exit code 77 when the
 # Slurm binaries (or, for NODES >= 2, root or the namespace tools) are missing. Clients need
@@ -103,12 +105,22 @@ else
         echo "$nodes nodes need root and ip (iproute2), nsenter, unshare (util-linux)" >&2
         exit 77
     fi
-    # the nodes share the machine's cores: each has all of them (slurmd checks CPUs against the hardware)
+    # Each node is a CPU-backend training node: ERC_TEST_NODE_CPUS logical CPUs (Ray's CPUs are logical; the
+    # CPU rehearsal places 6 on its head) and one GPU as a count-only gres (no device file: a logical GPU, one
+    # training process, as the CPU backend's Ray GPUs). config_overrides: slurmd takes the CPUs as configured.
+    cpus="${ERC_TEST_NODE_CPUS:-8}"
     controller="node1(10.231.0.1)"
-    node_lines=""
+    node_lines="GresTypes=gpu"$'\n'"SlurmdParameters=config_overrides"$'\n'
+    : >"$work/etc/hosts"
     for i in $(seq 1 "$nodes"); do
-        node_lines+="NodeName=node$i NodeAddr=10.231.0.$i CPUs=$cpus RealMemory=$((mem / nodes)) State=UNKNOWN"$'\n'
+        node_lines+="NodeName=node$i NodeAddr=10.231.0.$i CPUs=$cpus Gres=gpu:1 RealMemory=$((mem / nodes)) State=UNKNOWN"$'\n'
+        echo "10.231.0.$i node$i" >>"$work/etc/hosts"
     done
+    echo "NodeName=node[1-$nodes] Name=gpu Count=1 File=/dev/null" >"$work/etc/gres.conf"
+    # each node's /etc/hosts: the machine's, plus every node's name (as a cluster's DNS gives; gloo binds the
+    # address its hostname resolves to)
+    { grep -v -w -e 'node[0-9]' /etc/hosts; cat "$work/etc/hosts"; } >"$work/etc/hosts.node"
+    mv "$work/etc/hosts.node" "$work/etc/hosts"
     slurmd_pid="$work/run/slurmd-%n.pid"
 fi
 cat >"$work/etc/slurm.conf" <<CONF
@@ -166,6 +178,7 @@ else
         ip -n "$ns" addr add "10.231.0.$i/24" dev eth0
         ip -n "$ns" link set eth0 up
         ip -n "$ns" link set lo up
+        ip -n "$ns" route add default dev eth0  # as on a real node (vLLM and Ray find their address by a route)
         mkdir -p "$work/spool/node$i"
         daemons="slurmd -N node$i"
         [[ "$i" == 1 ]] && daemons="slurmctld; $daemons"
@@ -175,6 +188,7 @@ else
             hostname node$i
             mount -t tmpfs -o size=8g tmpfs /dev/shm
             mount -t tmpfs tmpfs $node_tmp
+            mount --bind $work/etc/hosts /etc/hosts
             $daemons"
     done
     for client in sbatch squeue sinfo scontrol scancel; do

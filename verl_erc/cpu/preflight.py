@@ -56,8 +56,11 @@ def preflight(config: DictConfig) -> None:
 
 
 def _external_cluster(config: DictConfig) -> bool:
-    """True when ray.init will join an existing cluster (``address`` set and not ``local``, or RAY_ADDRESS)."""
-    address = os.environ.get("RAY_ADDRESS") or OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
+    """True when ray.init will join an existing cluster: ``ray_kwargs.ray_init.address`` names one, or is
+    unset / ``auto`` with RAY_ADDRESS set (Ray's order); ``local`` always starts a fresh instance."""
+    address = OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
+    if address in (None, "", "auto"):
+        address = os.environ.get("RAY_ADDRESS")
     return bool(address) and address != "local"
 
 
