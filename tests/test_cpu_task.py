@@ -35,11 +35,13 @@ def test_prepare_converts_with_the_users_converter(tmp_path):
     assert val.groupby("data_source")["__rollout_n__"].unique().map(list).to_dict() == {"aime24": [32], "math500": [4]}
 
 
-def test_responses_vary_in_length_and_end_in_a_boxed_digit():
+def test_responses_restate_the_operand_box_a_random_digit_and_vary_in_length():
     rng = random.Random(0)
-    responses = [task.response(rng) for _ in range(200)]
-    words = [len(r.split()) - 1 for r in responses]
-    assert min(words) == task.FILLER_WORDS[0] and max(words) == task.FILLER_WORDS[1]
+    responses = [task.response(rng, 3) for _ in range(2000)]
+    assert all(r.startswith("3 plus one is \\boxed{") for r in responses)
+    words = [len(r.split()) - 5 for r in responses]
+    assert min(words) == 0 and max(words) == task.FILLER_MAX
+    assert task.FILLER_MEAN - 1 < sum(words) / len(words) < task.FILLER_MEAN
     assert {last_boxed(r) for r in responses} == {str(d) for d in range(10)}
 
 
@@ -99,7 +101,7 @@ def test_tokenizer_and_model_fit_the_task(rehearsal_cache):
 
 
 def test_model_is_warmed_up_to_the_response_format_only(rehearsal_cache):
-    """It answers in the format, in responses of varying length, some past 32 tokens; it does not know the sums."""
+    """It answers in the format, in responses of varying length, a few past 32 tokens; it does not know the sums."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = assets.ensure_assets()["model"]
@@ -120,5 +122,5 @@ def test_model_is_warmed_up_to_the_response_format_only(rehearsal_cache):
             correct.append(answer == str(a + 1))
     assert sum(boxed) / len(boxed) > 0.7
     assert 0.03 < sum(correct) / len(correct) < 0.2
-    assert sum(lengths) / len(lengths) >= 8 and min(lengths) < 10
-    assert 0.03 < sum(n == 32 and True for n in lengths) / len(lengths) < 0.4  # some run into the limit
+    assert sum(lengths) / len(lengths) >= 8 and min(lengths) <= 11  # 11: the restated sum, boxed digit, a word, EOS
+    assert 0 < sum(n == 32 for n in lengths) / len(lengths) < 0.1  # a few run into the limit

@@ -6,7 +6,7 @@ Nothing is downloaded. :func:`ensure_assets` builds, once per cache directory an
   (digits kept as single tokens, Qwen-style ``<|im_start|>``/``<|im_end|>`` chat template);
 - a 2-layer Qwen2 (``Qwen2ForCausalLM``, hidden 128), randomly initialised and then warmed up
   for a few hundred supervised steps on the response *format* only: after any of the task's
-  prompts, random filler words and ``\\boxed{d}`` with a uniformly random digit, then EOS
+  prompts, the restated sum, ``\\boxed{d}`` with a uniformly random digit, filler words, then EOS
   (:func:`warm_up_format`). Like a base model that knows how to answer but not what, it scores
   ~0.1 on the task, and RL learns the rest. Saved with the tokenizer as a Hugging Face model
   folder, so verl loads it like any checkpoint;
@@ -35,7 +35,7 @@ from verl_erc.cpu import task
 from verl_erc.data import chat_prompt, user_prompt
 
 #: bump when anything below changes what gets built (the cache keeps one folder per version)
-ASSET_VERSION = "v3"
+ASSET_VERSION = "v6"
 SEED = 0
 CACHE_ENV = "VERL_ERC_CACHE_DIR"
 
@@ -114,7 +114,7 @@ def _corpus() -> list[str]:
     texts = []
     for a in range(10):
         for question in task.questions(a):
-            texts += [f"user\n{user_prompt(question)}\n", f"assistant\n{task.response(rng)}\n"]
+            texts += [f"user\n{user_prompt(question)}\n", f"assistant\n{task.response(rng, a)}\n"]
     return texts
 
 
@@ -185,8 +185,9 @@ def build_model(tokenizer, out_dir: Path) -> None:
 def warm_up_format(model, tokenizer) -> None:
     """Seeded supervised steps: after a prompt of the task (any digit), a random response in its format, then EOS.
 
-    The targets (:func:`verl_erc.cpu.task.response`) are independent of the prompt, so the model
-    learns the response format and its spread of lengths, not the task.
+    The targets (:func:`verl_erc.cpu.task.response`) restate the prompt's operand but box a digit
+    drawn independently of it, so the model learns the response format and its spread of lengths,
+    not the task.
     """
     import random
 
@@ -200,11 +201,12 @@ def warm_up_format(model, tokenizer) -> None:
     for _ in range(WARM_UP["steps"]):
         rows = []
         for _ in range(WARM_UP["batch_size"]):
-            question = rng.choice(task.questions(rng.randrange(10)))
+            a = rng.randrange(10)
+            question = rng.choice(task.questions(a))
             prompt = tokenizer.apply_chat_template(chat_prompt(question), add_generation_prompt=True, tokenize=True)
             prompt = list(prompt["input_ids"])
-            rows.append((prompt, [*tokenizer.encode(task.response(rng)), eos_id]))
-        width = max(len(p) + len(a) for p, a in rows)
+            rows.append((prompt, [*tokenizer.encode(task.response(rng, a)), eos_id]))
+        width = max(len(p) + len(r) for p, r in rows)
         input_ids = torch.full((len(rows), width), pad_id)
         labels = torch.full_like(input_ids, -100)
         attention_mask = torch.zeros_like(input_ids)

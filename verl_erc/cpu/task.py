@@ -8,10 +8,13 @@ with the converter users run (``python -m verl_erc.data``), which adds the paper
 the benchmarks' ``__rollout_n__`` (avg@32, avg@4), and the recipes' reward (:mod:`verl_erc.reward`,
 math-verify on the last ``\\boxed{}``) grades the responses.
 
-The toy model (:mod:`verl_erc.cpu.assets`) is warmed up on the *format* of a response only: a
-few filler words of random number, then ``\\boxed{d}`` with a random digit ``d``. So responses vary
-in length, some run into the rehearsals' length limit (the overlong penalty acts), and the reward
-starts at ~0.1, leaving GRPO groups mixed often enough for dynamic sampling to keep and to drop.
+The toy model (:mod:`verl_erc.cpu.assets`) is warmed up on the *format* of a response only: it
+restates the problem (``3 plus one is``), answers ``\\boxed{d}`` with a random digit ``d``, then
+runs on with filler words, mostly a few and now and then many. So responses vary in length, a few
+run into the rehearsals' length limit (the overlong penalty acts without dominating the reward),
+and the reward starts at ~0.1, leaving GRPO groups mixed often enough for dynamic sampling to
+keep and to drop. The answer sits right after the restated operand, where a 2-layer model can
+learn the sum from a few thousand rollouts.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ PHRASINGS = {"aime24": "What is {a} + 1?", "math500": "Compute {a} + 1."}
 BENCHMARKS = tuple(PHRASINGS)
 #: words of a response's filler "reasoning"
 FILLER = ("so", "we", "add", "one", "to", "the", "digit", "then", "it", "is")
-#: number of filler words in the warm-up responses (uniform, inclusive)
-FILLER_WORDS = (0, 30)
+#: number of filler words in the warm-up responses: exponential with this mean, capped
+FILLER_MEAN, FILLER_MAX = 5, 30
 
 
 def digits() -> list[int]:
@@ -41,10 +44,11 @@ def questions(a: int) -> list[str]:
     return [p.format(a=a) for p in PHRASINGS.values()]
 
 
-def response(rng: random.Random) -> str:
-    """A response in the task's format with a random number of filler words and a random digit."""
-    words = [rng.choice(FILLER) for _ in range(rng.randint(*FILLER_WORDS))]
-    return " ".join([*words, f"\\boxed{{{rng.randrange(10)}}}"])
+def response(rng: random.Random, a: int) -> str:
+    """A response in the task's format for operand ``a``: it restates the sum, answers a random digit
+    in ``\\boxed{}``, then runs on with filler words (mostly a few, now and then many)."""
+    words = [rng.choice(FILLER) for _ in range(min(FILLER_MAX, int(rng.expovariate(1 / FILLER_MEAN))))]
+    return " ".join([f"{a} plus one is \\boxed{{{rng.randrange(10)}}}", *words])
 
 
 def write_sources(raw_dir: Path, repeats: int = 32, seed: int = 0) -> dict[str, Path]:
