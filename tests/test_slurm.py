@@ -144,6 +144,12 @@ def wait_finished(env, job: str, timeout: float, what: str, log: Path):
     wait_for(lambda: job_field(env, job, "JobState") in finished, timeout, what, log)
 
 
+def release_requeued(env, job: str, timeout: float, log: Path):
+    """Start a requeued job now (Slurm holds one ~2 minutes, its BeginTime) and wait for the relaunch to complete."""
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", timeout, "the relaunch to complete", log)
+
+
 def assert_in_order(text: str, steps: list[str]):
     positions = [text.find(step) for step in steps]
     assert all(p >= 0 for p in positions), f"missing {[s for s, p in zip(steps, positions) if p < 0]}:\n{text}"
@@ -201,9 +207,7 @@ def test_requeue_tears_down_and_relaunches_the_same_run(job_env):
     assert ray_processes(ray_tmp) == []
     first = log.read_text()
     assert "received TERM/INT" in first and "teardown: stopping the driver and Ray" in first, first
-    # Slurm holds requeued jobs ~2 minutes (BeginTime); release it now
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
-    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", 300, "the relaunch to complete", log)
+    release_requeued(env, job, 300, log)
     text = log.read_text()
 
     assert f"job {job} (restart 1)" in text and "FAKE_TRAINER connected" in text.split(f"job {job} (restart 1)")[1]
@@ -227,8 +231,7 @@ def test_the_time_limit_signal_requeues_the_job_and_the_relaunch_continues_the_r
     assert ray_processes(ray_tmp) == []
     assert_in_order(log.read_text(), [f"time limit near: requeueing job {job}", "received TERM/INT",
                                       "teardown: stopping the driver and Ray", "teardown: done"])
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
-    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", 300, "the relaunch to complete", log)
+    release_requeued(env, job, 300, log)
     relaunch = log.read_text().split(f"job {job} (restart 1)")[1]
     assert "restart=1" in relaunch and "FAKE_TRAINER done" in relaunch, relaunch
     assert ray_processes(ray_tmp) == []
@@ -287,10 +290,14 @@ def two_node_job_env(two_nodes, job_env):
                 ERC_RAY_TMP=f"{node_tmp}/ray"), tmp, namespaces
 
 
+def node_pids(namespace: str) -> list[str]:
+    """PIDs of the processes in a node's network namespace."""
+    return subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True).stdout.split()
+
+
 def node_processes(namespace: str) -> list[str]:
     """Command lines of the processes in a node's network namespace, Slurm's own daemons left out."""
-    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True).stdout.split()
-    lines = [line.strip() for line in map(cmdline, pids) if line is not None]
+    lines = [line.strip() for line in map(cmdline, node_pids(namespace)) if line is not None]
     return [line for line in lines if not line.lstrip(": ").startswith(SLURM_PROCESSES)]
 
 
@@ -383,13 +390,12 @@ def rehearsal_job_env(two_node_job_env, rehearsal_cache):
     return dict(env, VERL_ERC_CACHE_DIR=str(rehearsal_cache)), tmp, namespaces
 
 
-def kill_raylet(namespace: str) -> str:
-    """SIGKILL the raylet of the node in ``namespace``; returns its PID."""
-    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True).stdout.split()
+def kill_raylet(namespace: str) -> None:
+    """SIGKILL the raylet of the node in ``namespace``."""
+    pids = node_pids(namespace)
     raylets = [pid for pid in pids if (cmdline(pid) or "").split(" ", 1)[0].endswith("/raylet")]
     assert len(raylets) == 1, {pid: cmdline(pid) for pid in pids}
     os.kill(int(raylets[0]), signal.SIGKILL)
-    return raylets[0]
 
 
 def launch_steps(run_dir: Path) -> list[dict[int, dict]]:
@@ -430,8 +436,7 @@ def test_verls_trainer_trains_on_both_nodes_ends_when_the_worker_nodes_ray_dies_
     assert 1 <= checkpointed < steps
 
     subprocess.run(["scontrol", "requeue", job], env=env, check=True)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
-    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", 900, "the requeued job to complete", log)
+    release_requeued(env, job, 900, log)
     text = log.read_text()
     relaunch = text.split(f"job {job} (restart 1)")[1]
 

@@ -111,16 +111,15 @@ else
     cpus="${ERC_TEST_NODE_CPUS:-8}"
     controller="node1(10.231.0.1)"
     node_lines="GresTypes=gpu"$'\n'"SlurmdParameters=config_overrides"$'\n'
-    : >"$work/etc/hosts"
+    host_lines=""
     for i in $(seq 1 "$nodes"); do
         node_lines+="NodeName=node$i NodeAddr=10.231.0.$i CPUs=$cpus Gres=gpu:1 RealMemory=$((mem / nodes)) State=UNKNOWN"$'\n'
-        echo "10.231.0.$i node$i" >>"$work/etc/hosts"
+        host_lines+="10.231.0.$i node$i"$'\n'
     done
     echo "NodeName=node[1-$nodes] Name=gpu Count=1 File=/dev/null" >"$work/etc/gres.conf"
     # each node's /etc/hosts: the machine's, plus every node's name (as a cluster's DNS gives; gloo binds the
     # address its hostname resolves to)
-    { grep -v -w -e 'node[0-9]' /etc/hosts; cat "$work/etc/hosts"; } >"$work/etc/hosts.node"
-    mv "$work/etc/hosts.node" "$work/etc/hosts"
+    { grep -v -w -e 'node[0-9]' /etc/hosts; printf '%s' "$host_lines"; } >"$work/etc/hosts"
     slurmd_pid="$work/run/slurmd-%n.pid"
 fi
 cat >"$work/etc/slurm.conf" <<CONF
