@@ -21,6 +21,7 @@ import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,7 @@ def cpu_keys(assets: dict[str, str], out: Path, name: str) -> list[str]:
 
 def train(module: str, keys: list[str], cwd: Path, cache: Path, ok: bool = True) -> str:
     env = {**os.environ, "VERL_ERC_CACHE_DIR": str(cache), "VERL_PLATFORM": "cpu"}  # verl's entry point has no preflight
-    with removes_new_shm():  # verl's entry point leaves vLLM's queues in /dev/shm (ours removes them)
-        proc = subprocess.run([sys.executable, "-m", module, *keys], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", module, *keys], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     assert (proc.returncode == 0) == ok, log[-20000:]
     return log
@@ -92,6 +92,14 @@ def training_metrics(path: Path) -> dict[int, dict[str, float]]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _removes_verls_shm():
+    """verl's entry point leaves vLLM's queues in /dev/shm (ours removes them): removed after each test,
+    not after each run, since two runs may overlap."""
+    with removes_new_shm():
+        yield
+
+
 @pytest.fixture(scope="module")
 def assets(rehearsal_cache):
     skip_if_gpu_visible()
@@ -102,8 +110,11 @@ def assets(rehearsal_cache):
 
 def test_erc_off_is_verls_trainer_step_for_step(assets, tmp_path):
     cache, paths = assets
-    verl_log = train("verl.trainer.main_ppo", cpu_keys(paths, tmp_path, "verl"), tmp_path, cache)
-    ours_log = train("verl_erc.main", ["--config-name", "erc_trainer", *cpu_keys(paths, tmp_path, "ours")], tmp_path, cache)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # side by side: a run leaves a core idle much of its start-up
+        verl = pool.submit(train, "verl.trainer.main_ppo", cpu_keys(paths, tmp_path, "verl"), tmp_path, cache)
+        ours = pool.submit(train, "verl_erc.main", ["--config-name", "erc_trainer", *cpu_keys(paths, tmp_path, "ours")],
+                           tmp_path, cache)
+        verl_log, ours_log = verl.result(), ours.result()
     assert "verl_erc 0" in ours_log and "ERC off" in ours_log  # our entry point ran
     for log in (verl_log, ours_log):
         assert "ERC loss installed" not in log and "verl_erc step" not in log

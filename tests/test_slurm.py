@@ -413,8 +413,10 @@ def test_verls_trainer_trains_on_both_nodes_ends_when_the_worker_nodes_ray_dies_
 ):
     env, tmp, namespaces = rehearsal_job_env
     steps = 2  # the first launch dies after its first checkpoint; the requeued one trains the second step
+    # half the rehearsal's prompts per step (8 x 8 responses): the test is about the nodes, not the learning
     job = submit(env, tmp / "logs", f"trainer.total_training_steps={steps}", "trainer.save_freq=1",
-                 "trainer.val_before_train=false", "trainer.test_freq=-1", nodes=2, options=("--rehearse", "-g", "1"))
+                 "trainer.val_before_train=false", "trainer.test_freq=-1", "data.train_batch_size=8",
+                 nodes=2, options=("--rehearse", "-g", "1"))
     log = job_log(tmp / "logs", job, "erc-erc_dapo_7b-rehearsal")
     run_dir = tmp / "runs" / "erc_dapo_7b-seed1"
     latest = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
@@ -456,6 +458,7 @@ def test_verls_trainer_trains_on_both_nodes_ends_when_the_worker_nodes_ray_dies_
         for step, data in metrics.items():
             assert data["training/global_step"] == step
             assert all(key in data for key in ERC_METRICS), (step, sorted(data))
+    assert launches[1][steps]["training/rollout_probs_diff_max"] < 1e-3  # the restored weights reached the rollout
     assert int(latest.read_text()) == steps and (run_dir / "checkpoints" / f"global_step_{steps}").is_dir()
     assert "teardown: done (exit code 0)" in relaunch
     assert {ns: node_processes(ns) for ns in namespaces} == {ns: [] for ns in namespaces}  # Ray stopped on both
