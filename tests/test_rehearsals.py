@@ -71,16 +71,15 @@ def rehearse(recipe: str, runs_dir: Path, cache: Path, *overrides: str) -> str:
     return log
 
 
-def steps(run_dir: Path, launch: int = -1) -> dict[int, dict]:
-    """Metrics of one launch (verl's file logger, one JSONL per launch), by step."""
-    path = sorted((run_dir / "metrics").glob("*.jsonl"))[launch]
+def steps(run_dir: Path) -> dict[int, dict]:
+    """Metrics of the run's newest launch (verl's file logger, one JSONL per launch), by step."""
+    path = sorted((run_dir / "metrics").glob("*.jsonl"))[-1]
     return {r["step"]: r["data"] for r in map(json.loads, path.read_text().splitlines())}
 
 
 #: one rehearsal per distinct program (the twins' 1.5B names run as their 7B twins)
 REHEARSED = [recipe for recipe in RUNS if recipe not in TWINS]
-#: rehearsals run two at a time (a run leaves a core idle about half of its start-up: ~270 s for two, ~175 s
-#: for one); the KL ablation, with 2 training ranks and a reference model, runs alone (two 1-rank runs peak at 17 GB)
+#: rehearsals run two at a time (see the module's docstring), except these: 2 training ranks and a reference model
 ALONE = {recipe for recipe, world in WORLD_SIZE.items() if world > 1}
 COMPARED = ("dapo_7b", "erc_dapo_7b")  # the compare report's runs
 
@@ -100,8 +99,10 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
     runs_dir = tmp_path_factory.mktemp("rehearsals")
     used = set()
     for item in request.session.items:
-        if item.module is request.module:
-            used.update([item.callspec.params["recipe"]] if hasattr(item, "callspec") else COMPARED)
+        if item.function is test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline:
+            used.update(COMPARED)
+        elif item.function is test_rehearsal_trains_with_the_recipes_method:
+            used.add(item.callspec.params["recipe"])
     futures = {recipe: Future() for recipe in REHEARSED if recipe in used}
 
     def run(recipe: str):
