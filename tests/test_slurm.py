@@ -107,14 +107,29 @@ def job_field(env, job: str, field: str) -> str:
     return match.group(1) if match else ""
 
 
-def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
+def wait_for(predicate, timeout: float, what: str, log: Path | None = None, slurm: tuple[dict, str] | None = None):
+    """Poll ``predicate`` each second; on timeout fail with the job log and, given ``slurm`` (env, job), Slurm's view."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(1)
+    fail(f"timed out after {timeout:.0f}s waiting for {what}", log, slurm)
+
+
+def fail(message: str, log: Path | None, slurm: tuple[dict, str] | None = None):
     text = log.read_text() if log and log.exists() else "(no log)"
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; job log:\n{text}")
+    pytest.fail(f"{message}; job log:\n{text}" + (slurm_report(*slurm) if slurm else ""))
+
+
+def slurm_report(env, job: str) -> str:
+    """The job and its nodes as Slurm sees them, and the daemons' last log lines (why a job does not start)."""
+    def run(*cmd):
+        return subprocess.run(cmd, env=env, capture_output=True, text=True).stdout
+    logs = sorted((Path(env["SLURM_CONF"]).parents[1] / "log").glob("slurm*.log"))
+    tails = "".join(f"\n--- {p.name} (last 20 lines)\n" + "\n".join(p.read_text().splitlines()[-20:]) for p in logs)
+    return f"\n--- scontrol show job {job}\n{run('scontrol', 'show', 'job', job)}--- sinfo\n" \
+           f"{run('sinfo', '-N', '-o', '%N %T %E')}{tails}"
 
 
 def cmdline(pid: str) -> str | None:
@@ -139,15 +154,33 @@ def wait_logged(log: Path, line: str, what: str, timeout: float = 300):
     wait_for(lambda: log.exists() and line in log.read_text(), timeout, what, log)
 
 
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+
+
 def wait_finished(env, job: str, timeout: float, what: str, log: Path):
-    finished = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
-    wait_for(lambda: job_field(env, job, "JobState") in finished, timeout, what, log)
+    wait_for(lambda: job_field(env, job, "JobState") in FINISHED, timeout, what, log, (env, job))
+
+
+def job_stepds(job: str) -> list[str]:
+    """The live slurmstepd processes of ``job`` (the test nodes share this machine's PID namespace)."""
+    pids = (proc.name for proc in Path("/proc").iterdir() if proc.name.isdigit())
+    return [line for line in map(cmdline, pids) if line is not None and line.startswith(f"slurmstepd: [{job}.")]
 
 
 def release_requeued(env, job: str, timeout: float, log: Path):
-    """Start a requeued job now (Slurm holds one ~2 minutes, its BeginTime) and wait for the relaunch to complete."""
+    """Start a requeued job now, not after Slurm's hold (~2 minutes, its BeginTime), and wait for the relaunch to
+    complete. Only once the last launch's slurmstepd processes are gone: a slurmd that still runs a step of the job
+    refuses to launch it again, and Slurm then holds the job ("launch failed requeued held") for good."""
+    wait_for(lambda: job_field(env, job, "JobState") == "PENDING" and not job_stepds(job), 120,
+             "the requeued job to be pending with no step of its last launch left", log, (env, job))
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
-    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", timeout, "the relaunch to complete", log)
+
+    def completed() -> bool:
+        state, reason = job_field(env, job, "JobState"), job_field(env, job, "Reason")
+        if state in FINISHED and state != "COMPLETED" or "held" in reason.lower():
+            fail(f"the relaunch did not complete: JobState={state} Reason={reason}", log, (env, job))
+        return state == "COMPLETED"
+    wait_for(completed, timeout, "the relaunch to complete", log, (env, job))
 
 
 def assert_in_order(text: str, steps: list[str]):
@@ -421,7 +454,8 @@ def test_verls_trainer_trains_on_both_nodes_ends_when_the_worker_nodes_ray_dies_
     run_dir = tmp / "runs" / "erc_dapo_7b-seed1"
     latest = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
     # verl logs a step's metrics after its checkpoint: wait for both
-    wait_for(lambda: 1 in (launch_steps(run_dir) or [{}])[0], 900, "step 1's checkpoint and metrics", log)
+    wait_for(lambda: 1 in (launch_steps(run_dir) or [{}])[0], 900, "step 1's checkpoint and metrics", log,
+             (env, job))
 
     # node2's Ray dies mid-run: the job ends at once, naming the node, and stops Ray on both nodes
     kill_raylet(namespaces[1])
