@@ -101,10 +101,14 @@ def submit(env, logs: Path, *overrides: str, nodes: int = 1, options: tuple[str,
     return out.stdout.strip().splitlines()[-1]
 
 
-def job_field(env, job: str, field: str) -> str:
+def job_fields(env, job: str, *fields: str) -> list[str]:
+    """``fields`` of ``job`` from one ``scontrol show job`` ("" for a field it does not show)."""
     out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
-    match = re.search(rf"\b{field}=(\S+)", out)
-    return match.group(1) if match else ""
+    return [match.group(1) if (match := re.search(rf"\b{field}=(\S+)", out)) else "" for field in fields]
+
+
+def job_field(env, job: str, field: str) -> str:
+    return job_fields(env, job, field)[0]
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path | None = None, slurm: tuple[dict, str] | None = None):
@@ -140,10 +144,15 @@ def cmdline(pid: str) -> str | None:
         return None
 
 
+def live_cmdlines() -> list[str]:
+    """Command lines of the machine's live processes but this one (the test nodes share its PID namespace)."""
+    pids = (proc.name for proc in Path("/proc").iterdir() if proc.name.isdigit() and int(proc.name) != os.getpid())
+    return [line for line in map(cmdline, pids) if line is not None]
+
+
 def ray_processes(ray_tmp: Path) -> list[str]:
     """Command lines of live processes that belong to the Ray session under ``ray_tmp``."""
-    pids = (proc.name for proc in Path("/proc").iterdir() if proc.name.isdigit() and int(proc.name) != os.getpid())
-    return [line for line in map(cmdline, pids) if line is not None and str(ray_tmp) in line]
+    return [line for line in live_cmdlines() if str(ray_tmp) in line]
 
 
 def job_log(logs: Path, job: str, name: str = "erc-erc_dapo_7b") -> Path:
@@ -162,9 +171,8 @@ def wait_finished(env, job: str, timeout: float, what: str, log: Path):
 
 
 def job_stepds(job: str) -> list[str]:
-    """The live slurmstepd processes of ``job`` (the test nodes share this machine's PID namespace)."""
-    pids = (proc.name for proc in Path("/proc").iterdir() if proc.name.isdigit())
-    return [line for line in map(cmdline, pids) if line is not None and line.startswith(f"slurmstepd: [{job}.")]
+    """The live slurmstepd processes of ``job``, on any test node."""
+    return [line for line in live_cmdlines() if line.startswith(f"slurmstepd: [{job}.")]
 
 
 def release_requeued(env, job: str, timeout: float, log: Path):
@@ -176,7 +184,7 @@ def release_requeued(env, job: str, timeout: float, log: Path):
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
 
     def completed() -> bool:
-        state, reason = job_field(env, job, "JobState"), job_field(env, job, "Reason")
+        state, reason = job_fields(env, job, "JobState", "Reason")
         if state in FINISHED and state != "COMPLETED" or "held" in reason.lower():
             fail(f"the relaunch did not complete: JobState={state} Reason={reason}", log, (env, job))
         return state == "COMPLETED"
