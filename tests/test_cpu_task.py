@@ -17,19 +17,19 @@ def test_sources_are_in_the_hub_schemas_the_converter_reads(tmp_path):
     files = task.write_sources(tmp_path, repeats=2)
     assert sorted(files) == ["aime24", "math500", data.TRAIN]
     train = pd.read_json(files[data.TRAIN], lines=True)
-    assert len(train) == 2 * 9 * 2 and set(train.columns) == {"data_source", "prompt", "ability", "reward_model"}
+    assert len(train) == 2 * 10 * 2 and set(train.columns) == {"data_source", "prompt", "ability", "reward_model"}
     row = train.iloc[0]
-    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"] in task.questions(int(row["reward_model"]["ground_truth"]) - 1)
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"] in task.questions(int(row["reward_model"]["ground_truth"]))
     for name in task.BENCHMARKS:
         bench = pd.read_json(files[name], lines=True, dtype=False)
-        assert list(bench.columns) == ["problem", "answer"] and len(bench) == 9
-        assert bench.iloc[3].tolist() == [task.PHRASINGS[name].format(a=3), "4"]
+        assert list(bench.columns) == ["problem", "answer"] and len(bench) == 10
+        assert bench.iloc[3].tolist() == [task.PHRASINGS[name].format(a=3), "3"]
 
 
 def test_prepare_converts_with_the_users_converter(tmp_path):
     paths = task.prepare(tmp_path / "raw", tmp_path / "data")
     train, val = pd.read_parquet(paths["train"]), pd.read_parquet(paths["val"])
-    assert len(train) == 576 and set(train["data_source"]) == {data.TRAIN}
+    assert len(train) == 640 and set(train["data_source"]) == {data.TRAIN}
     assert all(r[0]["content"].endswith(data.INSTRUCTION) for r in train["prompt"])
     # two validation sources with the paper's avg@k
     assert val.groupby("data_source")["__rollout_n__"].unique().map(list).to_dict() == {"aime24": [32], "math500": [4]}
@@ -38,7 +38,7 @@ def test_prepare_converts_with_the_users_converter(tmp_path):
 def test_responses_restate_the_operand_box_a_random_digit_and_vary_in_length():
     rng = random.Random(0)
     responses = [task.response(rng, 3) for _ in range(2000)]
-    assert all(r.startswith("3 plus one is \\boxed{") for r in responses)
+    assert all(r.startswith("3 times one is \\boxed{") for r in responses)
     words = [len(r.split()) - 5 for r in responses]
     assert min(words) == 0 and max(words) == task.FILLER_MAX
     assert task.FILLER_MEAN - 1 < sum(words) / len(words) < task.FILLER_MEAN
@@ -89,11 +89,11 @@ def test_tokenizer_and_model_fit_the_task(rehearsal_cache):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert model.config.model_type == "qwen2" and model.config.vocab_size == len(tokenizer)
-    ids = _prompt_ids(tokenizer, "What is 3 + 1?")
+    ids = _prompt_ids(tokenizer, "What is 3 * 1?")
     tokens = tokenizer.convert_ids_to_tokens(ids)
     assert tokens[0] == "<|im_start|>" and tokens[-3:] == ["<|im_start|>", "assistant", "Ċ"]
     assert "3" in tokens  # digits are single tokens
-    assert tokenizer.decode(ids, skip_special_tokens=True) == f"user\nWhat is 3 + 1?\n{data.INSTRUCTION}\nassistant\n"
+    assert tokenizer.decode(ids, skip_special_tokens=True) == f"user\nWhat is 3 * 1?\n{data.INSTRUCTION}\nassistant\n"
     assert len(ids) <= 32  # the rehearsals' max_prompt_length is 64
     assert tokenizer.eos_token == assets.EOS_TOKEN and tokenizer.pad_token == assets.PAD_TOKEN
     assert tokenizer.convert_tokens_to_ids(assets.EOS_TOKEN) in model.generation_config.eos_token_id
@@ -101,7 +101,7 @@ def test_tokenizer_and_model_fit_the_task(rehearsal_cache):
 
 
 def test_model_is_warmed_up_to_the_response_format_only(rehearsal_cache):
-    """It answers in the format, in responses of varying length, a few past 32 tokens; it does not know the sums."""
+    """It answers in the format, in responses of varying length, a few past 32 tokens; it does not know the answers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = assets.ensure_assets()["model"]
@@ -119,8 +119,8 @@ def test_model_is_warmed_up_to_the_response_format_only(rehearsal_cache):
             answer = last_boxed(tokenizer.decode(row[:n], skip_special_tokens=True))
             lengths.append(n)
             boxed.append(answer is not None and answer.isdigit())
-            correct.append(answer == str(a + 1))
+            correct.append(answer == str(task.answer(a)))
     assert sum(boxed) / len(boxed) > 0.7
     assert 0.03 < sum(correct) / len(correct) < 0.2
-    assert sum(lengths) / len(lengths) >= 8 and min(lengths) <= 11  # 11: the restated sum, boxed digit, a word, EOS
+    assert sum(lengths) / len(lengths) >= 8 and min(lengths) <= 11  # 11: the restated problem, boxed digit, a word, EOS
     assert 0 < sum(n == 32 for n in lengths) / len(lengths) < 0.1  # a few run into the limit

@@ -6,7 +6,7 @@ Nothing is downloaded. :func:`ensure_assets` builds, once per cache directory an
   (digits kept as single tokens, Qwen-style ``<|im_start|>``/``<|im_end|>`` chat template);
 - a 2-layer Qwen2 (``Qwen2ForCausalLM``, hidden 128), randomly initialised and then warmed up
   for a few hundred supervised steps on the response *format* only: after any of the task's
-  prompts, the restated sum, ``\\boxed{d}`` with a uniformly random digit, filler words, then EOS
+  prompts, the restated problem, ``\\boxed{d}`` with a uniformly random digit, filler words, then EOS
   (:func:`warm_up_format`). Like a base model that knows how to answer but not what, it scores
   ~0.1 on the task, and RL learns the rest. Saved with the tokenizer as a Hugging Face model
   folder, so verl loads it like any checkpoint;
@@ -35,7 +35,7 @@ from verl_erc.cpu import task
 from verl_erc.data import chat_prompt, user_prompt
 
 #: bump when anything below changes what gets built (the cache keeps one folder per version)
-ASSET_VERSION = "v6"
+ASSET_VERSION = "v7"
 SEED = 0
 CACHE_ENV = "VERL_ERC_CACHE_DIR"
 

@@ -1,6 +1,6 @@
-"""The rehearsals' toy task, in the paper's data schema: add one to a digit, answer in ``\\boxed{}``.
+"""The rehearsals' toy task, in the paper's data schema: multiply a digit by one, answer in ``\\boxed{}``.
 
-A problem is ``"What is 3 + 1?"`` (or ``"Compute 3 + 1."``); the answer is the sum, a single digit.
+A problem is ``"What is 3 * 1?"`` (or ``"Compute 3 * 1."``); the answer is the product, the digit itself.
 :func:`write_sources` writes it as the paper's *source* files, in their hub schemas: the training
 set as KlearReasoner-MathSub-30K rows (chat ``prompt``, ``reward_model.ground_truth``), two
 benchmarks as AIME24 and MATH500 rows (``problem``, ``answer``). :func:`prepare` then converts them
@@ -9,12 +9,14 @@ the benchmarks' ``__rollout_n__`` (avg@32, avg@4), and the recipes' reward (:mod
 math-verify on the last ``\\boxed{}``) grades the responses.
 
 The toy model (:mod:`verl_erc.cpu.assets`) is warmed up on the *format* of a response only: it
-restates the problem (``3 plus one is``), answers ``\\boxed{d}`` with a random digit ``d``, then
+restates the problem (``3 times one is``), answers ``\\boxed{d}`` with a random digit ``d``, then
 runs on with filler words, mostly a few and now and then many. So responses vary in length, a few
 run into the rehearsals' length limit (the overlong penalty acts without dominating the reward),
 and the reward starts at ~0.1, leaving GRPO groups mixed often enough for dynamic sampling to
-keep and to drop. The answer sits right after the restated operand, where a 2-layer model can
-learn the sum from a few thousand rollouts.
+keep and to drop. To answer, the model has to carry the operand it already restates into the box,
+which it learns from a couple of thousand rollouts at lr 1e-4. (An earlier version asked for
+``a + 1``: learning the successor of each digit took lr 2e-4, where runs drifted into minutes-long
+DAPO refills or collapsed.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from verl_erc import data
 
 #: the phrasing of each source's problems; the training set holds both
-PHRASINGS = {"aime24": "What is {a} + 1?", "math500": "Compute {a} + 1."}
+PHRASINGS = {"aime24": "What is {a} * 1?", "math500": "Compute {a} * 1."}
 BENCHMARKS = tuple(PHRASINGS)
 #: words of a response's filler "reasoning"
 FILLER = ("so", "we", "add", "one", "to", "the", "digit", "then", "it", "is")
@@ -35,20 +37,25 @@ FILLER_MEAN, FILLER_MAX = 5, 30
 
 
 def digits() -> list[int]:
-    """The task's operands ``a`` (``a + 1`` is a digit)."""
-    return list(range(9))
+    """The task's operands ``a``."""
+    return list(range(10))
+
+
+def answer(a: int) -> int:
+    """The answer to the problem on operand ``a``: ``a * 1``."""
+    return a
 
 
 def questions(a: int) -> list[str]:
-    """Every phrasing of the problem ``a + 1``."""
+    """Every phrasing of the problem ``a * 1``."""
     return [p.format(a=a) for p in PHRASINGS.values()]
 
 
 def response(rng: random.Random, a: int) -> str:
-    """A response in the task's format for operand ``a``: it restates the sum, answers a random digit
+    """A response in the task's format for operand ``a``: it restates the problem, answers a random digit
     in ``\\boxed{}``, then runs on with filler words (mostly a few, now and then many)."""
     words = [rng.choice(FILLER) for _ in range(min(FILLER_MAX, int(rng.expovariate(1 / FILLER_MEAN))))]
-    return " ".join([f"{a} plus one is \\boxed{{{rng.randrange(10)}}}", *words])
+    return " ".join([f"{a} times one is \\boxed{{{rng.randrange(10)}}}", *words])
 
 
 def write_sources(raw_dir: Path, repeats: int = 32, seed: int = 0) -> dict[str, Path]:
@@ -60,15 +67,15 @@ def write_sources(raw_dir: Path, repeats: int = 32, seed: int = 0) -> dict[str, 
     rows = {
         data.TRAIN: [
             {
-                "data_source": "toy_add_one",
+                "data_source": "toy_times_one",
                 "prompt": [{"content": q, "role": "user"}],
                 "ability": "math",
-                "reward_model": {"ground_truth": str(a + 1), "style": "rule"},
+                "reward_model": {"ground_truth": str(answer(a)), "style": "rule"},
             }
             for a, q in train
         ],
         **{
-            name: [{"problem": PHRASINGS[name].format(a=a), "answer": str(a + 1)} for a in digits()]
+            name: [{"problem": PHRASINGS[name].format(a=a), "answer": str(answer(a))} for a in digits()]
             for name in BENCHMARKS
         },
     }
