@@ -20,7 +20,7 @@ import pytest
 from cpu_subprocess import run_cpu_script
 
 from verl_erc.cpu.preflight import WORKER_EXTENSION
-from verl_erc.shm import SHM_DIR, mapped_shm_files, remove_leftovers
+from verl_erc.shm import SHM_DIR, kill_survivors, mapped_shm_files, remove_leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_cpu_configs_name_the_worker_extension_that_installs_the_shim(report):
 
 
 LEAKER = r"""
-import sys, time
+import signal, sys, time
 from multiprocessing import resource_tracker, shared_memory
 shm = shared_memory.SharedMemory(create=True, size=1 << 20)
 resource_tracker.unregister(shm._name, "shared_memory")  # as a SIGKILLed vLLM process: nobody unlinks it
@@ -131,3 +131,25 @@ def test_shared_memory_a_killed_process_mapped_is_removed_by_name_and_nothing_el
     finally:
         child.kill()
         other.unlink()
+
+
+def test_a_process_that_outlives_the_run_is_killed_and_its_shared_memory_removed():
+    import psutil
+
+    # an orphaned vLLM engine: holds its queue, ignores SIGTERM; and a process of the run that already exited
+    script = textwrap.dedent(LEAKER).replace("print(shm.name", "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint(shm.name")
+    survivor = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    name = survivor.stdout.readline().strip()
+    try:
+        procs = [psutil.Process(survivor.pid), psutil.Process(exited.pid)]
+        exited.wait(timeout=30)
+        names, label = mapped_shm_files([survivor.pid]), f"{procs[0].name()} ({survivor.pid})"
+        assert kill_survivors(procs, grace_s=0.5) == [label]
+        assert not psutil.pid_exists(survivor.pid)  # killed, and reaped by kill_survivors' wait
+        assert remove_leftovers(names - mapped_shm_files(psutil.pids())) == {name: 1 << 20}
+    finally:
+        survivor.kill()
+        survivor.wait(timeout=30)
+        if name:  # also when an assertion failed
+            remove_leftovers({name})

@@ -14,10 +14,11 @@ The KL ablation runs 2 FSDP2 training ranks. Resuming a rehearsal from its check
 under Slurm (``test_slurm.py``: the ERC-DAPO rehearsal killed after step 1, requeued, resumed).
 Select with ``pytest -m cpu_e2e``.
 
-Time on 2 cores: about 3 minutes per rehearsal alone, 1.5 of them Ray, the workers and vLLM starting
-(erc_dapo_7b: 93 s from the command to verl's "ready to fit", steps of 72 s and 25 s, the first one
-spawning the agent-loop workers and math-verify's process pool). Start-up leaves a core idle about
-half the time, so the rehearsals run two at a time: two in 272 s (one alone: 172 s), peak 17 GB.
+Time on 2 cores: this file takes 1723 s (10 tests). Start-up (Ray, the workers, vLLM) leaves a core
+idle about half the time, so the rehearsals run two at a time (measured on the earlier add-one toy:
+two in 272 s, one alone in 172 s; peak 17 GB): on the ``a * 1`` toy each run of a pair takes 291-351 s
+from its launch to its last write (erc_dapo_7b: steps of 123 s and 16 s, the first one spawning the
+agent-loop workers and math-verify's process pool), the KL ablation alone 246 s.
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def steps(run_dir: Path) -> dict[int, dict]:
     """Metrics of the run's newest launch (verl's file logger, one JSONL per launch), by step."""
     path = sorted((run_dir / "metrics").glob("*.jsonl"))[-1]
     return {r["step"]: r["data"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def run_processes(run_dir: Path) -> list[int]:
+    """PIDs of the living processes of a run: those whose environment names its run directory (its Ray
+    runtime env sets the metrics and TensorBoard paths under it)."""
+    marker = f"{run_dir}/".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
 
 
 #: one rehearsal per distinct program (the twins' 1.5B names run as their 7B twins)
@@ -167,6 +182,7 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     removed = re.findall(r"removed the shared memory the run left in /dev/shm: (.*)", log)
     names = re.findall(r"(psm_\w+) \(\d+ MiB\)", removed[0]) if len(removed) == 1 else []
     assert names and not [name for name in names if (SHM_DIR / name).exists()]
+    assert not run_processes(run_dir)  # nothing of the run outlives it (e.g. vLLM's engine, orphaned by Ray)
     # ERC runs: the loss installed in the workers, a summary line per step; ERC off: verl's trainer, nothing of ours
     assert ("ERC loss installed in the actor workers" in log) == erc
     lines = [next((l for l in log.splitlines() if f"verl_erc step {s}/2 |" in l), None) for s in (1, 2)]

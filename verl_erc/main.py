@@ -16,7 +16,7 @@ from verl.trainer import main_ppo  # noqa: E402
 
 from verl_erc import __version__  # noqa: E402
 from verl_erc.cpu.preflight import preflight  # noqa: E402
-from verl_erc.shm import removes_run_shared_memory  # noqa: E402
+from verl_erc.shm import removes_run_leftovers  # noqa: E402
 from verl_erc.trainer import erc_enabled, validate_erc_config  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def main(config) -> None:
         f"trainer_mode={config.trainer.v1.trainer_mode}",
         flush=True,
     )
-    with removes_run_shared_memory():  # vLLM's queues outlive Ray's SIGKILL of its actors
+    with removes_run_leftovers():  # vLLM's engine and queues can outlive Ray's SIGKILL of its actors
         main_ppo.main(config)  # hydra passes a given config straight through to verl's task function
 
 

@@ -1,12 +1,17 @@
-"""Removes the POSIX shared memory a run's processes leave behind in ``/dev/shm``.
+"""Removes what a run's processes leave behind: processes that outlive its Ray node, and their
+POSIX shared memory in ``/dev/shm``.
 
 vLLM's message queues between its engine and workers live in ``SharedMemory`` segments
 (``/dev/shm/psm_*``) that the creating process unlinks when it exits normally. Ray stops a job's
 actors with SIGKILL, so every run on vLLM leaves them behind: 240 + 160 MiB per CPU demo run,
-which fills a laptop's ``/dev/shm`` within a few runs. Only runs that start their own Ray node
-(``ray_kwargs.ray_init.address=local``) are cleaned: while the run lasts, the files under
-``/dev/shm`` that the node's processes map are recorded by name every few seconds; after the node
-stopped, those still present that no living process maps are removed. Nothing another job
+which fills a laptop's ``/dev/shm`` within a few runs. vLLM's engine-core process, a child of
+verl's vLLM server actor, does not watch its parent: when Ray kills the actor before the actor's
+own exit stops it, the engine and its worker keep running after the run (seen once in a CI pair
+of rehearsals: 2.5 GB of memory and the queues, until killed by hand). Only runs that start their
+own Ray node (``ray_kwargs.ray_init.address=local``) are cleaned: while the run lasts, the node's
+processes and all their descendants, and the files under ``/dev/shm`` they map, are recorded
+every few seconds; after the node stopped, those processes still alive are killed, and the
+recorded files still present that no living process maps are removed. Nothing another job
 created is touched.
 """
 
@@ -37,8 +42,9 @@ def mapped_shm_files(pids) -> set[str]:
     return names
 
 
-def local_ray_node_pids() -> list[int]:
-    """PIDs of the Ray node this process started (its processes and all their descendants); [] if none."""
+def local_ray_node_processes() -> list:
+    """The processes of the Ray node this process started and all their descendants (``psutil.Process``
+    objects, which tell a reused PID apart); [] if it started none."""
     import psutil
     import ray
 
@@ -46,13 +52,31 @@ def local_ray_node_pids() -> list[int]:
     if not ray.is_initialized() or node is None or not node.head:
         return []
     roots = [info.process.pid for infos in node.all_processes.values() for info in infos if info.process]
-    pids = set(roots)
+    procs = []
     for pid in roots:
         try:
-            pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+            root = psutil.Process(pid)
+            procs += [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             continue
-    return sorted(pids)
+    return procs
+
+
+def kill_survivors(procs, grace_s: float = 10.0) -> list[str]:
+    """Wait up to ``grace_s`` for ``procs`` to exit, then SIGKILL those still running (as Ray stops its
+    actors) and wait for them; returns ``"name (pid)"`` of each one killed."""
+    import psutil
+
+    _, alive = psutil.wait_procs([proc for proc in procs if proc.is_running()], timeout=grace_s)  # not a reused PID
+    killed = []
+    for proc in alive:
+        try:
+            killed.append(f"{proc.name()} ({proc.pid})")
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=grace_s)
+    return killed
 
 
 def remove_leftovers(names: set[str]) -> dict[str, int]:
@@ -69,19 +93,30 @@ def remove_leftovers(names: set[str]) -> dict[str, int]:
 
 
 @contextmanager
-def removes_run_shared_memory(poll_s: float = 5.0):
-    """Around a run: record the /dev/shm files its Ray node's processes map (every ``poll_s``, since
-    Ray may stop vLLM's actors before the run ends), then, at its end (also on error), stop the node
-    and remove those files that are still there and that no living process maps."""
+def removes_run_leftovers(poll_s: float = 5.0):
+    """Around a run: record its Ray node's processes and the /dev/shm files they map (every ``poll_s``,
+    since Ray may stop vLLM's actors before the run ends), then, at its end (also on error), stop the
+    node, kill the recorded processes that outlive it, and remove the recorded files that are still
+    there and that no living process maps."""
     import psutil
     import ray
 
+    procs: dict[tuple[int, float], object] = {}  # by (pid, create time): a reused PID is another process
     names: set[str] = set()
     stop = threading.Event()
 
+    def record() -> None:
+        live = local_ray_node_processes()
+        for proc in live:
+            try:
+                procs.setdefault((proc.pid, proc.create_time()), proc)
+            except psutil.NoSuchProcess:
+                continue
+        names.update(mapped_shm_files(proc.pid for proc in live))
+
     def watch() -> None:
         while not stop.wait(poll_s):
-            names.update(mapped_shm_files(local_ray_node_pids()))
+            record()
 
     watcher = threading.Thread(target=watch, name="verl_erc-shm-watch", daemon=True)
     watcher.start()
@@ -90,21 +125,14 @@ def removes_run_shared_memory(poll_s: float = 5.0):
     finally:
         stop.set()
         watcher.join()
-        pids = local_ray_node_pids()
-        names.update(mapped_shm_files(pids))
-        if pids:
+        record()
+        if procs:
             ray.shutdown()
-            psutil.wait_procs([p for p in map(_process, pids) if p], timeout=30)
+            killed = kill_survivors(list(procs.values()))
+            if killed:
+                listing = ", ".join(killed)
+                print(f"verl_erc: killed the processes the run left running after its Ray node stopped: {listing}", flush=True)
         removed = remove_leftovers(names - mapped_shm_files(psutil.pids()))
         if removed:
             listing = ", ".join(f"{name} ({size / 2**20:.0f} MiB)" for name, size in removed.items())
             print(f"verl_erc: removed the shared memory the run left in {SHM_DIR}: {listing}", flush=True)
-
-
-def _process(pid: int):
-    import psutil
-
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None

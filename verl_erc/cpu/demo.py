@@ -5,7 +5,7 @@ configs and launcher at toy scale on CPU, ``hydra_conf/rehearsal/laptop.yaml``) 
 directories in one fresh output directory, then writes the comparison report of
 :mod:`verl_erc.compare` for the two runs::
 
-    python -m verl_erc.cpu.demo                                   # 2 runs of 8-15 minutes on 2 cores
+    python -m verl_erc.cpu.demo                                   # 2 runs of 7-9 minutes on 2 cores
     python -m verl_erc.cpu.demo --out /tmp/demo trainer.total_training_steps=10   # overrides go to both runs
     python -m verl_erc.cpu.demo --seeds 1 2 3                     # both runs per seed; compare groups seeds
 
