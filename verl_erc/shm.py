@@ -101,17 +101,13 @@ def removes_run_leftovers(poll_s: float = 5.0):
     import psutil
     import ray
 
-    procs: dict[tuple[int, float], object] = {}  # by (pid, create time): a reused PID is another process
+    procs: set = set()  # psutil.Process compares by PID and create time: a reused PID is another process
     names: set[str] = set()
     stop = threading.Event()
 
     def record() -> None:
         live = local_ray_node_processes()
-        for proc in live:
-            try:
-                procs.setdefault((proc.pid, proc.create_time()), proc)
-            except psutil.NoSuchProcess:
-                continue
+        procs.update(live)
         names.update(mapped_shm_files(proc.pid for proc in live))
 
     def watch() -> None:
@@ -128,7 +124,7 @@ def removes_run_leftovers(poll_s: float = 5.0):
         record()
         if procs:
             ray.shutdown()
-            killed = kill_survivors(list(procs.values()))
+            killed = kill_survivors(list(procs))
             if killed:
                 listing = ", ".join(killed)
                 print(f"verl_erc: killed the processes the run left running after its Ray node stopped: {listing}", flush=True)
