@@ -3,14 +3,17 @@
 #
 # erc_recipe CONFIG_NAME MODEL_SIZE [HYDRA_OVERRIDES...]
 #   runs `python -m verl_erc.main --config-name CONFIG_NAME` with the paths below and the run
-#   directory $ERC_RUNS_DIR/CONFIG_NAME-seed$ERC_SEED, then the given overrides, unchanged
-#   (they come last, so they win).
+#   directory $ERC_RUNS_DIR/$ERC_RUN_NAME (default CONFIG_NAME-seed$ERC_SEED), then the given
+#   overrides, unchanged (they come last, so they win). verl_erc.main checks the launch against
+#   the run directory before Ray starts (verl_erc/launch.py) and records it in launches.log.
 #
 # Environment:
 #   ERC_MODEL_1P5B / ERC_MODEL_7B  model for the recipe's size (local dir or hub id), required
 #   ERC_DATA_DIR      folder with train.parquet and val.parquet (python -m verl_erc.data), required
 #   ERC_RUNS_DIR      where run directories go (checkpoints, TensorBoard, metrics), required
 #   ERC_SEED          seed of data order and sampling (default 1); part of the run name
+#   ERC_RUN_NAME      run directory name (default CONFIG_NAME-seed$ERC_SEED; end it in -seed<N> so that
+#                     python -m verl_erc.compare groups seeds)
 #   ERC_PYTHON        interpreter (default: python)
 #   VERL_ERC_ENTRYPOINT  command replacing "$ERC_PYTHON -m verl_erc.main" (e.g. for tests)
 #   VERL_ERC_DRY_RUN=1   print the command and exit without running it
@@ -49,7 +52,7 @@ erc_recipe() {
     done
 
     local seed="${ERC_SEED:-1}"
-    local run_name="${config_name}-seed${seed}"
+    local run_name="${ERC_RUN_NAME:-${config_name}-seed${seed}}"
     local run_dir="$runs_dir/$run_name"
     local launch
     launch="$(date +%Y%m%d-%H%M%S)${SLURM_JOB_ID:+-job$SLURM_JOB_ID}${SLURM_RESTART_COUNT:+-restart$SLURM_RESTART_COUNT}"
@@ -80,6 +83,5 @@ erc_recipe() {
         return 0
     fi
     mkdir -p "$run_dir/metrics" "$tensorboard_dir"
-    printf '%s %s\n' "$launch" "$(printf '%q ' "${cmd[@]}")" >>"$run_dir/launches.log"
-    exec "${cmd[@]}"
+    VERL_ERC_RUN_DIR="$run_dir" VERL_ERC_LAUNCH="$launch" exec "${cmd[@]}"
 }

@@ -12,8 +12,10 @@
 #   -p, --partition P        partition                      [ERC_SLURM_PARTITION]
 #   -t, --time T             time limit                     [ERC_SLURM_TIME, default 2-00:00:00]
 #   -l, --log-dir DIR        job logs (%x-%j.out)           [ERC_SLURM_LOG_DIR, default ./slurm-logs]
-#   -r, --requeue-margin S   requeue S seconds before the time limit, 0 to disable
-#                                                           [ERC_SLURM_REQUEUE_MARGIN, default 600]
+#   -r, --requeue-margin S   S seconds before the time limit, ask the trainer to finish its step, save a
+#                            checkpoint and stop, then requeue if the run advanced; 0 to disable. Leave a
+#                            step and a save: a 7B step of the paper's shape takes minutes
+#                                                           [ERC_SLURM_REQUEUE_MARGIN, default 1800]
 #   -R, --rehearse           run the recipe's laptop-scale rehearsal (recipes/rehearse.sh) on CPU nodes;
 #                            -g G then counts training processes per node (Slurm GPUs or gres)
 #   -n, --dry-run            print the sbatch command only
@@ -23,7 +25,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 nodes="${ERC_SLURM_NODES:-1}"
 gpus="${ERC_SLURM_GPUS_PER_NODE:-8}"
@@ -31,7 +33,7 @@ cpus="${ERC_SLURM_CPUS_PER_NODE:-}"
 partition="${ERC_SLURM_PARTITION:-}"
 time_limit="${ERC_SLURM_TIME:-2-00:00:00}"
 log_dir="${ERC_SLURM_LOG_DIR:-$PWD/slurm-logs}"
-margin="${ERC_SLURM_REQUEUE_MARGIN:-600}"
+margin="${ERC_SLURM_REQUEUE_MARGIN:-1800}"
 dry_run=0
 rehearse=0
 while [[ $# -gt 0 ]]; do
@@ -94,7 +96,7 @@ args=(
     --time="$time_limit"
     --output="$log_dir/%x-%j.out"
     --error="$log_dir/%x-%j.out"
-    --export="ALL,VERL_ERC_ROOT=$ROOT,ERC_GPUS_PER_NODE=$gpus,ERC_REHEARSE=$rehearse"
+    --export="ALL,VERL_ERC_ROOT=$ROOT,ERC_GPUS_PER_NODE=$gpus,ERC_REHEARSE=$rehearse,ERC_REQUEUE_MARGIN=$margin"
 )
 [[ "$gpus" -gt 0 ]] && args+=(--gpus-per-node="$gpus" --exclusive)
 [[ -n "$cpus" ]] && args+=(--cpus-per-task="$cpus")

@@ -206,18 +206,14 @@ LAPTOP_KEYS = {
     "reward.num_workers",
     "transfer_queue.backend.SimpleStorage.num_data_storage_units", "transfer_queue.backend.SimpleStorage.total_storage_size",
     "trainer.device", "trainer.nnodes", "trainer.n_gpus_per_node", "trainer.total_training_steps", "trainer.test_freq",
-    "trainer.v1.sampler.custom_sampler.path", "trainer.v1.sampler.custom_sampler.name",
-    *(f"trainer.v1.sampler.sampler_kwargs.{k}" for k in ("poll_interval", "train_batch_size", "gen_batch_size",
-                                                          "sync_refill_failed_groups")),
-    *(f"trainer.v1.sampler.sampler_kwargs.filter_groups.{k}" for k in ("_target_", "enable", "metric",
-                                                                        "max_num_gen_batches", "max_inflight_gen_batches")),
+    "trainer.v1.sampler.sampler_kwargs.poll_interval",
     *(f"ray_kwargs.ray_init.{k}" for k in ("address", "num_cpus", "num_gpus", "include_dashboard")),
     *(f"ray_kwargs.ray_init.runtime_env.env_vars.{k}" for k in ("VERL_PLATFORM", "TQ_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")),
 }
 # keys that verl's own config interpolates from the ones above (lengths, strategy, parallelism, mini-batch)
 DERIVED_KEYS = {
     "actor_rollout_ref.rollout.prompt_length", "actor_rollout_ref.rollout.response_length",
-    "actor_rollout_ref.rollout.n_gpus_per_node", "actor_rollout_ref.ref.strategy",
+    "actor_rollout_ref.rollout.n_gpus_per_node", "actor_rollout_ref.ref.strategy", "trainer.v1.sampler.sampler_kwargs.train_batch_size",
     "actor_rollout_ref.ref.ulysses_sequence_parallel_size", "critic.ppo_mini_batch_size",
     *(f"distillation.teacher_models.teacher_model.inference.{k}" for k in ("dtype", "prompt_length", "response_length")),
 }
@@ -274,27 +270,28 @@ def test_rehearsal_scales_the_overlong_buffer_with_the_response_budget(configs, 
 
 
 @pytest.mark.parametrize("name", ["erc_dapo_7b", "grpo_1p5b"])
-def test_rehearsal_replay_buffer_is_verls_with_a_shorter_poll(configs, rehearsals, name):
-    """verl builds the rehearsal's custom sampler with the same DAPO settings as its own buffer for the recipe."""
+def test_recipes_replay_buffer_is_built_with_verls_own_settings(configs, rehearsals, name):
+    """verl builds the recipes' custom sampler with the DAPO settings it computes for its own buffer; the rehearsal
+    only polls more often."""
     from types import SimpleNamespace
 
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-    from verl_erc.cpu.sampler import PolledReplayBuffer
+    from verl_erc.sampler import BoundedReplayBuffer
 
     def build(cfg):
         trainer = SimpleNamespace(config=cfg, trainer_mode="sync", _add_prompts_to_generate=lambda n: None)
         trainer._resolve_filter_groups_metric = lambda: PPOTrainer._resolve_filter_groups_metric(trainer)
         return PPOTrainer._build_replay_buffer(trainer)
 
-    ours = build(rehearsals[name])
-    recipe_cfg = OmegaConf.merge(configs[name], {"data": {"train_batch_size": rehearsals[name].data.train_batch_size}})
-    verls = build(recipe_cfg)
-    assert type(ours) is PolledReplayBuffer and type(verls).__name__ == "ReplayBuffer"
-    assert (verls.poll_interval, ours.poll_interval) == (2.0, 0.1)
+    recipe, rehearsal = build(configs[name]), build(rehearsals[name])
+    verls = build(OmegaConf.merge(configs[name], {"trainer": {"v1": {"sampler": {"custom_sampler": None}}}}))
+    assert type(recipe) is type(rehearsal) is BoundedReplayBuffer and type(verls).__name__ == "ReplayBuffer"
+    assert (verls.poll_interval, recipe.poll_interval, rehearsal.poll_interval) == (2.0, 2.0, 0.1)
     keys = ("filter_groups_metric", "train_batch_size", "gen_batch_size", "max_inflight_gen_batches", "sync_refill_failed_groups")
-    assert {k: getattr(ours, k) for k in keys} == {k: getattr(verls, k) for k in keys}
-    assert ours.filter_groups_metric == (None if name.startswith("grpo") else "acc")
+    assert {k: getattr(recipe, k) for k in keys} == {k: getattr(verls, k) for k in keys}
+    assert recipe.filter_groups_metric == (None if name.startswith("grpo") else "acc")
+    assert recipe.max_num_gen_batches == (0 if name.startswith("grpo") else 2)
 
 
 def test_rehearsals_pass_verls_config_checks(rehearsals):
@@ -393,9 +390,18 @@ def test_recipe_runs_the_command_with_logging_env(recipe_env):
     run_dir = tmp / "runs" / "erc_dapo_7b-seed1"
     line = next(line for line in out.stdout.splitlines() if line.startswith("FAKE_TRAINER connected"))
     assert f"tensorboard={run_dir}/tensorboard metrics={run_dir}/metrics/" in line and line.endswith("'x=1']")
-    launches = (run_dir / "launches.log").read_text().splitlines()
-    assert len(launches) == 1 and launches[0].endswith("x=1 ")
+    # the entry point gets the run directory and the launch's name (verl_erc.launch records the launch there)
+    launch = re.search(rf"metrics={run_dir}/metrics/(\S+)\.jsonl", line).group(1)
+    assert f"run_dir={run_dir} launch={launch} " in line
     assert (run_dir / "tensorboard").is_dir() and (run_dir / "metrics").is_dir()
+
+
+def test_a_run_name_names_the_run_directory(recipe_env):
+    env, tmp = recipe_env
+    out = run_recipe("erc_dapo_7b", dict(env, ERC_RUN_NAME="erc_dapo_7b_beta0.1-seed1"))
+    run_dir = tmp / "runs" / "erc_dapo_7b_beta0.1-seed1"
+    assert f"run directory: {run_dir} " in out.stdout
+    assert f"trainer.default_local_dir={run_dir}/checkpoints" in out.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,11 @@
 """``python -m verl_erc.main``: verl's PPO trainer (V1) with ERC, configured with Hydra.
 
 Configs live in ``hydra_conf/`` (installed as ``verl_erc.hydra_conf``) and compose on top of
-verl's ``ppo_trainer``; the default, ``erc_trainer``, is verl's config plus the ERC keys. The
-ERC config is validated here, before Ray starts, then verl's own entry point runs the job.
+verl's ``ppo_trainer``; the default, ``erc_trainer``, is verl's config plus the ERC keys. Before
+Ray starts, the ERC config and the machine are checked (:mod:`verl_erc.cpu.preflight`) and the
+launch is checked against its run directory (:mod:`verl_erc.launch`: identity, resume point,
+finished runs); then verl's own entry point runs the job, which SIGTERM/SIGUSR1 stop after the
+step in progress with a checkpoint (:mod:`verl_erc.preemption`, exit code 75).
 """
 
 import os
@@ -11,11 +14,15 @@ import os
 # our per-rank lines whole (e.g. which rank and host the ERC hook runs on). Read when Ray is imported.
 os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", "^verl_erc: ")
 
+import sys  # noqa: E402
+
 import hydra  # noqa: E402
 from verl.trainer import main_ppo  # noqa: E402
 
 from verl_erc import __version__  # noqa: E402
 from verl_erc.cpu.preflight import preflight  # noqa: E402
+from verl_erc.launch import LaunchRefused, finish_launch, prepare_launch  # noqa: E402
+from verl_erc.preemption import EXIT_STOPPED, stops_gracefully  # noqa: E402
 from verl_erc.shm import removes_run_leftovers  # noqa: E402
 from verl_erc.trainer import erc_enabled, validate_erc_config  # noqa: E402
 
@@ -33,8 +40,22 @@ def main(config) -> None:
         f"trainer_mode={config.trainer.v1.trainer_mode}",
         flush=True,
     )
-    with removes_run_leftovers():  # vLLM's engine and queues can outlive Ray's SIGKILL of its actors
-        main_ppo.main(config)  # hydra passes a given config straight through to verl's task function
+    try:
+        launch = prepare_launch(config)
+    except LaunchRefused as refused:  # a refusal, not a crash: the message says what to do, no traceback
+        print(f"verl_erc: refused: {refused}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    error = None
+    try:
+        with stops_gracefully(launch.stop_file), removes_run_leftovers():  # vLLM's leftovers outlive Ray's SIGKILL
+            main_ppo.main(config)  # hydra passes a given config straight through to verl's task function
+    except BaseException as raised:
+        error = raised
+        raise
+    finally:
+        outcome = finish_launch(launch, error)
+    if outcome == "stopped":
+        sys.exit(EXIT_STOPPED)
 
 
 if __name__ == "__main__":

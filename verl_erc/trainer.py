@@ -7,10 +7,13 @@ name, so every entry point that imports verl (``python -m verl.trainer.main_ppo`
 plugin is loaded at ``import verl``) gets it:
 
 - ERC **off**: constructing the subclass returns an instance of verl's own class
-  (:meth:`ErcTrainerMixin.__new__`): the run *is* verl's trainer, nothing of ours runs in it.
+  (:meth:`ErcTrainerMixin.__new__`): the run *is* verl's trainer, nothing of ours runs in it; in a
+  launch of ``python -m verl_erc.main`` (which sets ``VERL_ERC_STOP_FILE``) it is verl's class plus
+  :class:`verl_erc.preemption.StopOnRequestMixin`, which does nothing unless the run is asked to stop.
 - ERC **on**: the whole config is validated at construction (:func:`validate_erc_config`), ERC's
   loss :func:`verl_erc.losses.erc_ppo_loss` is installed in every actor worker with verl's
-  ``set_loss_fn`` worker API, and a one-line summary is printed per step (:func:`step_summary`).
+  ``set_loss_fn`` worker API, and a one-line summary is printed per step (:func:`step_summary`); the
+  stop request of :mod:`verl_erc.preemption` applies too.
 
 The current entropy is switched on by the loss itself: the engine hook (:mod:`verl_erc.entropy_hook`)
 sees ERC's loss on a training pass and computes it. The old-policy entropy needs no wiring: verl's
@@ -32,6 +35,7 @@ from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ERC_KEY, ErcConfigError, ErcFSDPActorConfig
 from verl_erc.losses import erc_ppo_loss
+from verl_erc.preemption import STOP_FILE_ENV, StopOnRequestMixin
 
 #: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
 SUMMARY_FIELDS = (
@@ -42,6 +46,7 @@ SUMMARY_FIELDS = (
     ("entropy", "actor/entropy", ".3f"),
     ("pg_clipfrac", "actor/pg_clipfrac", ".4f"),
     ("erc_clipfrac", "actor/erc_clipfrac", ".4f"),
+    ("onpolicy", "actor/erc_clipfrac_onpolicy", ".4f"),  # on the first mini-batch, theta = theta_old: noise
     ("high", "actor/erc_clipfrac_high", ".4f"),
     ("low", "actor/erc_clipfrac_low", ".4f"),
     ("rho", "actor/erc_ratio_mean", ".3f"),
@@ -119,11 +124,12 @@ class ErcTrainerMixin:
     """ERC wiring for a verl V1 ``PPOTrainer`` subclass (first in the bases); ``_verl_cls`` is verl's class."""
 
     _verl_cls: type
+    _stoppable_cls: type  # verl's class with StopOnRequestMixin: ERC off, launched by verl_erc.main
 
     def __new__(cls, *args, **kwargs):
         if not erc_enabled(_config_argument(args, kwargs)):
             # ERC off: verl's own trainer. Python skips cls.__init__ since the object is not a cls.
-            return cls._verl_cls(*args, **kwargs)
+            return (cls._stoppable_cls if os.environ.get(STOP_FILE_ENV) else cls._verl_cls)(*args, **kwargs)
         return super().__new__(cls)
 
     def __init__(self, *args, **kwargs):
@@ -166,7 +172,9 @@ def install_erc_trainers() -> None:
     for name, cls in list(TRAINER_REGISTRY.items()):
         if issubclass(cls, ErcTrainerMixin):
             continue
-        TRAINER_REGISTRY[name] = type(f"Erc{cls.__name__}", (ErcTrainerMixin, cls), {"_verl_cls": cls})
+        stoppable = type(f"Stoppable{cls.__name__}", (StopOnRequestMixin, cls), {})
+        TRAINER_REGISTRY[name] = type(f"Erc{cls.__name__}", (ErcTrainerMixin, StopOnRequestMixin, cls),
+                                      {"_verl_cls": cls, "_stoppable_cls": stoppable})
 
 
 install_erc_trainers()  # the plugin imports this module right after verl's V1 trainers (verl_erc.after_import)

