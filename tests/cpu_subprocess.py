@@ -59,15 +59,15 @@ def run_cpu_script(script: str, *, timeout: float = 600, env: dict[str, str] | N
 
 @contextmanager
 def removes_new_shm():
-    """Around a child run (serial tests only): remove the ``/dev/shm`` files that appeared during it.
+    """Around a child run (serial tests only): remove the ``/dev/shm`` files it created and left unmapped.
 
     For runs through verl's own entry point, which leaves vLLM's queues behind (``verl_erc.main``
-    removes its own, see ``verl_erc/shm.py``).
+    removes its own): the same selection as the run's clean-up (``verl_erc.shm.remove_created``).
     """
-    from verl_erc.shm import SHM_DIR, remove_leftovers
+    from verl_erc.shm import SHM_DIR, remove_created
 
     before = set(os.listdir(SHM_DIR))
     try:
         yield
     finally:
-        remove_leftovers(set(os.listdir(SHM_DIR)) - before)
+        remove_created(set(os.listdir(SHM_DIR)), before)

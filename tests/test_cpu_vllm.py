@@ -153,3 +153,27 @@ def test_a_process_that_outlives_the_run_is_killed_and_its_shared_memory_removed
         survivor.wait(timeout=30)
         if name:  # also when an assertion failed
             remove_leftovers({name})
+
+
+def test_the_run_clean_up_removes_only_new_multiprocessing_files_and_nothing_when_a_mapper_is_unreadable(monkeypatch):
+    """verl_erc.shm.remove_created: a file staged before the run (a model in /dev/shm) and a new file of another
+    kind (verl's model.use_shm cache) survive; a new unmapped psm_ file of this user goes; nothing goes when
+    some process's mappings cannot be read."""
+    from verl_erc import shm
+
+    staged, cache = SHM_DIR / "psm_verl_erc_test_staged", SHM_DIR / "verl_erc_test_cache"
+    staged.write_bytes(b"x")
+    before = set(os.listdir(SHM_DIR))
+    new = SHM_DIR / "psm_verl_erc_test_new"
+    new.write_bytes(b"y" * 10)
+    cache.write_bytes(b"z")
+    try:
+        names = {staged.name, new.name, cache.name}
+        monkeypatch.setattr(shm, "_read_mappings", lambda pids: (set(), [4242]))
+        assert shm.remove_created(names, before) == ({}, "the mappings of process(es) 4242 cannot be read")
+        monkeypatch.undo()
+        assert shm.remove_created(names, before) == ({new.name: 10}, None)
+        assert staged.exists() and cache.exists() and not new.exists()
+    finally:
+        for path in (staged, new, cache):
+            path.unlink(missing_ok=True)

@@ -124,3 +124,29 @@ def test_after_import_runs_after_the_module_executed_once_and_at_once_if_already
     after_import("hooked_pkg", lambda: seen.append("now"))
     assert seen == [41, "now"]
     monkeypatch.delitem(sys.modules, "hooked_pkg")
+
+
+def test_a_failed_registration_leaves_verl_working_and_erc_runs_refuse_naming_it():
+    """A registration error (here: our trainer module cannot be imported, as when verl renames the registry it
+    uses) is printed, ``import verl.trainer.ppo.v1`` still works with verl's trainers, and ERC on is refused."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import json, sys
+        import verl
+        sys.modules["verl_erc.trainer"] = None  # importing it now raises ImportError
+        from verl.trainer.ppo.v1 import get_trainer_cls
+        trainer = get_trainer_cls("sync")
+        from verl_erc.config import ErcConfig, ErcConfigError
+        ErcConfig(enable=False)
+        try:
+            ErcConfig(enable=True)
+            refused = None
+        except ErcConfigError as error:
+            refused = str(error)
+        print(json.dumps({"trainer": f"{trainer.__module__}.{trainer.__name__}", "refused": refused}))
+    """)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["trainer"].startswith("verl.trainer.ppo.v1")
+    assert "registering verl-erc after importing verl.trainer.ppo.v1 failed (ModuleNotFoundError" in out.stderr
+    assert report["refused"].startswith("actor_rollout_ref.actor.erc.enable=true, but verl-erc could not register itself")
+    assert "after verl.trainer.ppo.v1: ModuleNotFoundError" in report["refused"]

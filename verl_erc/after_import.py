@@ -15,12 +15,25 @@ import sys
 from collections.abc import Callable
 
 _HOOKS: dict[str, list[Callable[[], None]]] = {}
+#: module name -> what failed in a callback run after it (e.g. verl renamed a registry we register into)
+FAILED: dict[str, str] = {}
+
+
+def _run(name: str, callback: Callable[[], None]) -> None:
+    """``callback()``; an error is recorded and printed, never raised: installing verl-erc must not break
+    ``import verl`` (ERC-enabled runs refuse to start instead, :class:`verl_erc.config.ErcConfig`)."""
+    try:
+        callback()
+    except Exception as error:  # noqa: BLE001 -- any registration error, reported below
+        FAILED[name] = f"{type(error).__name__}: {error}"
+        print(f"verl_erc: WARNING: registering verl-erc after importing {name} failed ({FAILED[name]}); verl works "
+              "as without verl-erc, and runs with ERC on refuse to start", file=sys.stderr, flush=True)
 
 
 def after_import(name: str, callback: Callable[[], None]) -> None:
     """Call ``callback()`` once module ``name`` has executed (now, if it already has)."""
     if name in sys.modules:
-        callback()
+        _run(name, callback)
         return
     _HOOKS.setdefault(name, []).append(callback)
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
@@ -59,4 +72,4 @@ class _Loader(importlib.abc.Loader):
     def exec_module(self, module):
         self._loader.exec_module(module)
         for callback in _HOOKS.pop(module.__name__, []):
-            callback()
+            _run(module.__name__, callback)
