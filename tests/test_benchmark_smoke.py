@@ -91,3 +91,22 @@ def test_tp_entropy_script_end_to_end(tmp_path):
     gather, sharded = res["variants"]["gather"], res["variants"]["sharded"]
     assert abs(gather["mean_entropy"] - sharded["mean_entropy"]) < 1e-5
     assert res["sharded/gather"]["time"] > 0
+
+
+def test_noise_floor_benchmark_end_to_end(tmp_path):
+    """benchmarks/erc_noise_floor.py on a tiny vocabulary: both dtypes, the plot and a complete JSON report."""
+    out, png = tmp_path / "noise.json", tmp_path / "noise.png"
+    proc = run_benchmark("erc_noise_floor.py", ["--vocab", "2000", "--hidden", "48", "--intermediate", "96",
+                                                "--sequences", "2", "--seq-len", "32", "--scales", "2", "30",
+                                                "--json-out", str(out), "--plot", str(png)], tmp_path)
+    assert "smallest entropy_atol under 0.1 %" in proc.stdout
+    report = json.loads(out.read_text())
+    bf16, fp32 = report["results"]["bfloat16"], report["results"]["float32"]
+    for res in (bf16, fp32):
+        assert res["tokens"] == 2 * 2 * 32
+        assert sum(b["tokens"] for b in res["by_h_old"]) == res["tokens"]
+        fracs = [res["clipfrac_by_atol"][k] for k in sorted(res["clipfrac_by_atol"], key=float)]
+        assert fracs == sorted(fracs, reverse=True) and fracs[0] == res["outside_band"]  # atol only keeps more
+    # pass B's other accumulation order changed some entropies (the two passes are not one computation)
+    assert bf16["identical"] < 1 and fp32["identical"] < 1
+    assert png.stat().st_size > 5000

@@ -217,3 +217,11 @@ def test_plots_draw_a_group_as_its_mean_and_min_max_band():
     single = Figure().add_subplot()
     _draw(single, seeds[:1], "C0", "dapo-seed1")
     assert not single.collections and list(single.get_lines()[0].get_ydata()) == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf])
+def test_an_infinite_value_among_the_seeds_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match=r"non-finite value\(s\) among the seeds \(seed 2: -?inf\)"):
+        seed_mean({1: 0.3, 2: bad, 3: 0.4})
+    with pytest.raises(ValueError, match="seed 2"):
+        difference({1: 0.3, 2: bad}, {1: 0.2, 2: 0.1})

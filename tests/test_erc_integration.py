@@ -302,3 +302,112 @@ def test_erc_fractions_are_token_weighted_over_micro_batches_and_dp_ranks():
     assert agg["actor/erc_clipfrac"] == pytest.approx(clipped / total)
     assert agg["actor/erc_clipfrac_high"] == pytest.approx(high / total)
     assert agg["actor/erc_ratio_mean"] == pytest.approx(ratio_sum / total)
+
+
+def erc_config(**kw):
+    from verl_erc.config import ErcConfig
+
+    return make_actor_config("vanilla", erc=ErcConfig(enable=True, beta_low=0.05, beta_high=0.05, **kw))
+
+
+def test_entropy_atol_keeps_exactly_the_out_of_band_tokens_whose_entropy_barely_moved():
+    """entropy_atol: keep = in band OR |H_new - H_old| <= atol; gradients equal the reference with that mask."""
+    model, engine, batch = off_policy_setup()
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    padded = batch.select("response_mask", "entropy", "old_log_probs", "advantages").to_padded_tensor()
+    mask = padded["response_mask"].bool()
+    new_h = no_padding_2_padding(out["erc_entropy"], batch)
+    band = erc_keep_mask(entropy_ratio(new_h, padded["entropy"], 1e-6), 0.05, 0.05)
+    change = (new_h - padded["entropy"]).abs()
+    atol = change[mask & ~band].median().item()  # keeps about half of the clipped tokens
+    keep = band | (change <= atol)
+    rescued = (mask & ~band & (change <= atol)).sum().item()
+    assert 0 < rescued < (mask & ~band).sum().item()
+
+    config = erc_config(entropy_atol=atol)
+    loss, metrics = erc_ppo_loss(config, out, batch)
+    model.zero_grad()
+    loss.backward(retain_graph=True)  # the reference below reuses the forward's graph
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert metrics["actor/erc_kept_by_atol"].aggregate() == pytest.approx(rescued / mask.sum().item())
+    assert metrics["actor/erc_clipfrac"].aggregate() == pytest.approx(1 - keep[mask].float().mean().item())
+
+    config.global_batch_info.update(dp_size=1, batch_num_tokens=sum(RESPONSE_LENS), global_batch_size=len(PROMPT_LENS))
+    log_prob = no_padding_2_padding(out["log_probs"], batch)
+    ref, _ = get_policy_loss_fn("vanilla")(
+        old_log_prob=padded["old_log_probs"], log_prob=gate_gradient(log_prob, keep), advantages=padded["advantages"],
+        response_mask=mask, loss_agg_mode="token-mean", config=config,
+    )
+    model.zero_grad()
+    ref.backward()
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_default_atol_is_the_papers_indicator_and_reports_no_rescued_tokens():
+    _, engine, batch = off_policy_setup()
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert metrics["actor/erc_kept_by_atol"].aggregate() == 0.0
+    assert metrics["actor/erc_clipfrac"].aggregate() > 0
+
+
+@pytest.mark.parametrize("which", ["old", "current"])
+@pytest.mark.parametrize("value, match", [(float("nan"), "1 NaN"), (float("inf"), "1 inf"), (-0.01, "below -0.001")])
+def test_a_non_finite_or_negative_entropy_fails_naming_the_pass(which, value, match):
+    _, engine, batch = off_policy_setup()
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    target = batch["entropy"] if which == "old" else out["erc_entropy"]
+    target.values()[3] = value
+    with pytest.raises(ErcInputError, match=match) as err:
+        erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert ("old-log-prob" if which == "old" else "update's forward") in str(err.value)
+
+
+def test_rounding_below_zero_is_clamped_and_counted():
+    _, engine, batch = off_policy_setup()
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    batch["entropy"].values()[0] = -1e-7
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert metrics["actor/erc_entropy_clamped"].aggregate() == pytest.approx(1 / sum(RESPONSE_LENS))
+
+
+def test_ratio_clipped_mean_bounds_one_tokens_share():
+    _, engine, batch = off_policy_setup()
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    batch["entropy"].values()[0] = 1e-9  # a ~0-entropy token: its plain ratio is huge
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert metrics["actor/erc_ratio_mean"].aggregate() > 100
+    assert metrics["actor/erc_ratio_clipped_mean"].aggregate() <= 2.0
+
+
+def test_onpolicy_clipfrac_is_logged_on_the_steps_first_mini_batch_only():
+    """The hook flags the mini-batch after verl's update_lr_scheduler one (and the first ever) as on-policy."""
+    from verl_erc.entropy_hook import ErcEntropyMixin
+    from verl_erc.losses import ERC_ONPOLICY_FLAG
+    import functools
+
+    seen = []
+
+    class Base:
+        def forward_backward_batch(self, data, loss_function, forward_only=False):
+            seen.append(tu.get_non_tensor_data(data=data, key=ERC_ONPOLICY_FLAG, default=None))
+
+    class Engine(ErcEntropyMixin, Base):
+        pass
+
+    engine, loss = Engine(), functools.partial(erc_ppo_loss, config=make_actor_config("vanilla"))
+    for step in range(2):
+        for mini in range(3):  # verl: update_lr_scheduler on a step's last mini-batch
+            data = make_batch()
+            tu.assign_non_tensor(data, update_lr_scheduler=mini == 2)
+            engine.forward_backward_batch(data, loss)
+    assert seen == [True, False, False, True, False, False]
+
+    _, engine2, batch = off_policy_setup()
+    out = forward(engine2, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert "actor/erc_clipfrac_onpolicy" not in metrics
+    tu.assign_non_tensor(batch, **{ERC_ONPOLICY_FLAG: True})
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert metrics["actor/erc_clipfrac_onpolicy"].aggregate() == metrics["actor/erc_clipfrac"].aggregate()

@@ -8,7 +8,7 @@ import torch
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
 from verl_erc.entropy import entropy_no_grad
-from verl_erc.losses import entropy_ratio, erc_keep_mask, gate_gradient, gppo_ratio
+from verl_erc.losses import entropy_ratio, erc_keep_mask, gate_gradient, gppo_ratio, within_tolerance
 
 from conftest import make_actor_config
 
@@ -202,3 +202,15 @@ def test_gppo_rollout_is_weights_scale_like_vanilla():
     in_range = (ratio > 0.8) & (ratio < 1.28) & mask
     torch.testing.assert_close(results["gppo"][1][in_range], results["vanilla"][1][in_range], rtol=1e-12, atol=0)
     assert not math.isclose(results["gppo"][1].abs().sum().item(), results["vanilla"][1].abs().sum().item())
+
+
+def test_entropy_atol_keeps_noise_but_not_a_real_jump():
+    """eq. 9 OR |dH| <= atol: a confident token whose entropy really jumps (0.01 -> 0.5 nats, the paper's upper
+    clips) is clipped with or without the tolerance; one moved by rounding (1e-5 -> 1.3e-5) is kept only with it."""
+    old = torch.tensor([0.01, 1e-5, 2.0])
+    new = torch.tensor([0.5, 1.3e-5, 2.02])
+    band = erc_keep_mask(entropy_ratio(new, old, 1e-6), 0.05, 0.05)
+    assert band.tolist() == [False, False, True]
+    for atol in (0.0, 1e-3, 1e-2):
+        keep = band | within_tolerance(new, old, atol)
+        assert keep.tolist() == [False, atol > 0, True], atol

@@ -22,6 +22,8 @@ from omegaconf import OmegaConf
 from verl.base_config import BaseConfig
 from verl.workers.config import FSDPActorConfig
 
+from verl_erc.after_import import FAILED
+
 ERC_KEY = "actor_rollout_ref.actor.erc"
 
 OmegaConf.register_new_resolver("erc.floordiv", lambda a, b: int(a) // int(b), replace=True)
@@ -79,6 +81,10 @@ class ErcConfig(BaseConfig):
             keeps its gradient), large when a ~0-entropy token gains entropy (clipped above).
             At typical entropies (>= 1e-3 nats) the shift from the paper's plain ratio is
             below ``eps / H_old``.
+        entropy_atol: nats; a token whose ratio leaves the band is still kept when its entropy
+            changed by at most this much, ``|H_new - H_old| <= entropy_atol``: a change at the
+            numerical noise floor of the two passes (packing, kernels, bf16 logits) is no change.
+            0 (default): the paper's eq. 9 exactly. See docs/erc_noise_floor.md for measured values.
         entropy_chunk_size: rows of logits per chunk when computing the current entropy
             without an autograd graph (memory: one ``[chunk x vocab]`` block).
         analysis: token-level analysis output (see :class:`ErcAnalysisConfig`).
@@ -88,12 +94,19 @@ class ErcConfig(BaseConfig):
     beta_low: float = 0.05
     beta_high: float = 0.05
     entropy_eps: float = 1e-6
+    entropy_atol: float = 0.0
     entropy_chunk_size: int = 256
     analysis: ErcAnalysisConfig = field(default_factory=ErcAnalysisConfig)
 
     def __post_init__(self):
         if not isinstance(self.enable, bool):
             raise ErcConfigError(f"{ERC_KEY}.enable must be true or false, got {self.enable!r}")
+        if self.enable and FAILED:
+            raise ErcConfigError(
+                f"{ERC_KEY}.enable=true, but verl-erc could not register itself into verl in this process: "
+                + "; ".join(f"after {name}: {why}" for name, why in FAILED.items())
+                + ". Is this verl version supported (see README)?"
+            )
         if not 0.0 <= self.beta_low < 1.0:
             raise ErcConfigError(
                 f"{ERC_KEY}.beta_low must satisfy 0 <= beta_low < 1 (the band's lower edge 1 - beta_low "
@@ -103,6 +116,8 @@ class ErcConfig(BaseConfig):
             raise ErcConfigError(f"{ERC_KEY}.beta_high must be >= 0, got {self.beta_high}")
         if not self.entropy_eps > 0.0:
             raise ErcConfigError(f"{ERC_KEY}.entropy_eps must be > 0, got {self.entropy_eps}")
+        if not self.entropy_atol >= 0.0:
+            raise ErcConfigError(f"{ERC_KEY}.entropy_atol must be >= 0 (nats), got {self.entropy_atol}")
         if self.entropy_chunk_size < 1:
             raise ErcConfigError(f"{ERC_KEY}.entropy_chunk_size must be >= 1, got {self.entropy_chunk_size}")
 

@@ -6,7 +6,9 @@ subclass's bases: :class:`verl_erc.engine.ErcFSDPEngineWithLMHead` on GPU/NPU,
 
 - ``forward_backward_batch``: when the loss is ERC's (:func:`verl_erc.losses.erc_ppo_loss` with
   ``erc.enable``), it flags the batch (:data:`ERC_ENTROPY_FLAG`) so that every micro-batch computes
-  the current entropy, and prints once per process the rank and host it runs on. When the loss's
+  the current entropy, marks the step's first mini-batch (:data:`verl_erc.losses.ERC_ONPOLICY_FLAG`: the
+  one after verl's last mini-batch of a step, flagged ``update_lr_scheduler``, is the next step's first,
+  where theta = theta_old), and prints once per process the rank and host it runs on. When the loss's
   config has ERC on but the loss is not ERC's (the trainer did not install it: verl's legacy
   trainer, or a trainer registered after the plugin), a training pass raises
   :class:`verl_erc.losses.ErcInputError` before any gradient is taken.
@@ -36,7 +38,7 @@ from verl.utils import tensordict_utils as tu
 
 from verl_erc.config import ERC_KEY
 from verl_erc.entropy import DEFAULT_CHUNK_SIZE, entropy_no_grad, vocab_parallel_entropy_no_grad
-from verl_erc.losses import CURRENT_ENTROPY_KEY, ErcInputError, erc_ppo_loss
+from verl_erc.losses import CURRENT_ENTROPY_KEY, ERC_ONPOLICY_FLAG, ErcInputError, erc_ppo_loss
 
 #: non-tensor batch keys the hook sets when the loss is ERC's (read back per micro-batch).
 ERC_ENTROPY_FLAG = "erc_calculate_entropy"
@@ -66,7 +68,12 @@ class ErcEntropyMixin:
     def forward_backward_batch(self, data, loss_function, forward_only=False):
         erc = erc_of_loss(loss_function)
         if erc is not None and loss_function.func is erc_ppo_loss:
-            tu.assign_non_tensor(data, **{ERC_ENTROPY_FLAG: True, ERC_CHUNK_SIZE_KEY: erc.entropy_chunk_size})
+            # the step's first mini-batch runs at theta = theta_old; verl marks a step's last one (update_lr_scheduler)
+            onpolicy = getattr(self, "_erc_next_is_onpolicy", True)
+            self._erc_next_is_onpolicy = bool(tu.get_non_tensor_data(data=data, key="update_lr_scheduler", default=False))
+            tu.assign_non_tensor(
+                data, **{ERC_ENTROPY_FLAG: True, ERC_CHUNK_SIZE_KEY: erc.entropy_chunk_size, ERC_ONPOLICY_FLAG: onpolicy}
+            )
             if not getattr(self, "_erc_announced", False):  # once per training process: where ERC runs
                 self._erc_announced = True
                 rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)

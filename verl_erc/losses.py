@@ -2,6 +2,7 @@
 
 - The math, as pure functions a reader can check against the paper (arXiv 2512.05591):
   :func:`entropy_ratio` (eq. 8), :func:`erc_keep_mask` (the indicator of eq. 9),
+  :func:`within_tolerance` (our ``entropy_atol``: a change at the numerical noise floor is no change),
   :func:`gate_gradient` (how eq. 9's indicator is applied), :func:`gppo_ratio` (eq. 7).
 - ``gppo``: gradient-preserving clipping (eq. 7), registered in verl's policy-loss registry.
 - :func:`erc_ppo_loss`: verl's actor loss ``ppo_loss`` with ERC applied to the policy-gradient
@@ -19,6 +20,7 @@ from typing import Any, Optional
 
 import torch
 from verl.trainer.ppo.core_algos import agg_loss, kl_penalty, register_policy_loss
+from verl.utils import tensordict_utils as tu
 from verl.utils import torch_functional as verl_F
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
@@ -30,6 +32,8 @@ from verl_erc.config import ERC_KEY
 CURRENT_ENTROPY_KEY = "erc_entropy"
 #: update-batch field holding the old-policy entropy (written by verl's old-log-prob pass).
 OLD_ENTROPY_KEY = "entropy"
+#: non-tensor batch key the entropy hook sets on the step's first mini-batch (theta = theta_old)
+ERC_ONPOLICY_FLAG = "erc_onpolicy"
 
 
 class ErcInputError(RuntimeError):
@@ -49,6 +53,14 @@ def entropy_ratio(new_entropy: torch.Tensor, old_entropy: torch.Tensor, eps: flo
 def erc_keep_mask(ratio: torch.Tensor, beta_low: float, beta_high: float) -> torch.Tensor:
     """I_t = 1 if 1 - beta_low < rho_t < 1 + beta_high else 0  (eq. 9), as a bool tensor."""
     return (ratio > 1.0 - beta_low) & (ratio < 1.0 + beta_high)
+
+
+def within_tolerance(new_entropy: torch.Tensor, old_entropy: torch.Tensor, atol: float) -> torch.Tensor:
+    """|H(pi_theta, t) - H(pi_old, t)| <= atol: the entropy did not change beyond the numerical noise floor.
+
+    ERC keeps a token when its ratio is in the band *or* this holds (``erc.entropy_atol``; 0: eq. 9 exactly).
+    """
+    return (new_entropy - old_entropy).abs() <= atol
 
 
 def gate_gradient(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -125,28 +137,66 @@ def compute_policy_loss_gppo(
 # --------------------------------------------------------------------------------------------
 
 
-def erc_metrics(ratio, keep, response_mask, beta_low, beta_high, batch_num_tokens: int, dp_size: int):
+#: ``entropy_ratio`` clamped to [0, RATIO_CLIP] for ``actor/erc_ratio_clipped_mean``: one token moves it by at
+#: most RATIO_CLIP / tokens, where a ratio of 1e5 (an entropy from ~1e-9 to ~1e-4) dominates the plain mean
+RATIO_CLIP = 2.0
+#: a negative entropy above -NEGATIVE_ENTROPY_ATOL nats is float rounding (clamped to 0); below it, a bug
+NEGATIVE_ENTROPY_ATOL = 1e-3
+
+
+def erc_metrics(ratio, keep, kept_by_atol, clamped, response_mask, beta_low, beta_high, batch_num_tokens: int,
+                dp_size: int, onpolicy: bool):
     """ERC's metrics for one micro-batch, aggregated by verl into exact token fractions of the mini-batch.
 
     ``batch_num_tokens`` is the mini-batch's response-token count over all DP ranks (verl's loss
-    normaliser). The clip fractions (total, above, below the band) and the mean ratio are this
-    micro-batch's token sums times ``dp_size / batch_num_tokens`` with SUM aggregation: verl sums
-    them over micro-batches and averages over DP ranks, which gives sums over every response token
-    of the mini-batch divided by ``batch_num_tokens``. Min/max are over response tokens; a
-    micro-batch with none (verl's padding samples) adds 0 to the sums and +inf/-inf to min/max.
+    normaliser). The fractions (clipped; clipped above, below the band; kept only by ``entropy_atol``;
+    entropies clamped at 0) and the means of the ratio (plain, and clamped to [0, RATIO_CLIP]) are this
+    micro-batch's token sums times ``dp_size / batch_num_tokens`` with SUM aggregation: verl sums them
+    over micro-batches and averages over DP ranks, which gives sums over every response token of the
+    mini-batch divided by ``batch_num_tokens``. Min/max are over response tokens; a micro-batch with
+    none (verl's padding samples) adds 0 to the sums and +inf/-inf to min/max. On the step's first
+    mini-batch (``onpolicy``: theta = theta_old) the clip fraction is also ``actor/erc_clipfrac_onpolicy``.
     """
     mask = response_mask.bool()
     valid = ratio[mask]
     scale = dp_size / batch_num_tokens if batch_num_tokens else 0.0
     share = lambda t: Metric(AggregationType.SUM, t[mask].float().sum().item() * scale)  # noqa: E731
-    return {
-        "actor/erc_clipfrac": share(~keep),
-        "actor/erc_clipfrac_high": share(ratio >= 1.0 + beta_high),
-        "actor/erc_clipfrac_low": share(ratio <= 1.0 - beta_low),
+    clipped = ~keep
+    metrics = {
+        "actor/erc_clipfrac": share(clipped),
+        "actor/erc_clipfrac_high": share(clipped & (ratio >= 1.0 + beta_high)),
+        "actor/erc_clipfrac_low": share(clipped & (ratio <= 1.0 - beta_low)),
+        "actor/erc_kept_by_atol": share(kept_by_atol),
+        "actor/erc_entropy_clamped": share(clamped),
         "actor/erc_ratio_mean": share(ratio),
+        "actor/erc_ratio_clipped_mean": share(ratio.clamp(0.0, RATIO_CLIP)),
         "actor/erc_ratio_min": Metric(AggregationType.MIN, valid.min().item() if valid.numel() else float("inf")),
         "actor/erc_ratio_max": Metric(AggregationType.MAX, valid.max().item() if valid.numel() else float("-inf")),
     }
+    if onpolicy:
+        metrics["actor/erc_clipfrac_onpolicy"] = share(clipped)
+    return metrics
+
+
+def checked_entropy(entropy: torch.Tensor, response_mask: torch.Tensor, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``entropy`` with rounding below 0 clamped to 0, and where it was; raises :class:`ErcInputError` on a
+    non-finite entropy or one below ``-NEGATIVE_ENTROPY_ATOL`` on a response token (``which``: the pass)."""
+    mask = response_mask.bool()
+    values = entropy[mask]
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        raise ErcInputError(
+            f"{int(bad.sum())} of {values.numel()} response tokens have a non-finite {which} entropy "
+            f"({int(values.isnan().sum())} NaN, {int(values.isinf().sum())} inf): ERC cannot tell whether they left the "
+            "band. Check the logits of that pass (a diverged model, an overflow in bf16)"
+        )
+    if (values < -NEGATIVE_ENTROPY_ATOL).any():
+        raise ErcInputError(
+            f"{int((values < -NEGATIVE_ENTROPY_ATOL).sum())} response tokens have a {which} entropy below "
+            f"-{NEGATIVE_ENTROPY_ATOL} nats (min {values.min().item():.3g}): not rounding, an entropy is >= 0"
+        )
+    clamped = mask & (entropy < 0)
+    return entropy.clamp(min=0.0), clamped
 
 
 def _missing(what: str, fix: str) -> ErcInputError:
@@ -169,8 +219,10 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
     """verl's ``ppo_loss`` with ERC's indicator I_t (eq. 9) applied to the policy-gradient term.
 
     Inputs: ``model_output["erc_entropy"]`` (current entropy, no graph, from the entropy hook)
-    and ``data["entropy"]`` (old-policy entropy from verl's old-log-prob pass). Either missing
-    raises :class:`ErcInputError`. The KL-loss and entropy-bonus terms are not gated.
+    and ``data["entropy"]`` (old-policy entropy from verl's old-log-prob pass). Either missing, or
+    non-finite or clearly negative on a response token, raises :class:`ErcInputError`. A token is kept
+    when its ratio is in the band, or (``erc.entropy_atol > 0``) its entropy changed by at most
+    ``entropy_atol`` nats. The KL-loss and entropy-bonus terms are not gated.
     """
     erc = config.erc
     if not erc.enable:
@@ -196,9 +248,15 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
     new_entropy = no_padding_2_padding(model_output[CURRENT_ENTROPY_KEY], data).float()
     if new_entropy.shape != old_entropy.shape:
         raise ErcInputError(f"ERC entropy shapes differ: current {tuple(new_entropy.shape)} vs old {tuple(old_entropy.shape)}")
+    old_entropy, old_clamped = checked_entropy(old_entropy, response_mask, "old-policy (verl's old-log-prob pass)")
+    new_entropy, new_clamped = checked_entropy(new_entropy, response_mask, "current (the update's forward pass)")
 
     ratio = entropy_ratio(new_entropy, old_entropy, erc.entropy_eps)
     keep = erc_keep_mask(ratio, erc.beta_low, erc.beta_high)
+    kept_by_atol = torch.zeros_like(keep)
+    if erc.entropy_atol > 0:
+        kept_by_atol = ~keep & within_tolerance(new_entropy, old_entropy, erc.entropy_atol)
+        keep = keep | kept_by_atol
 
     log_probs = model_output["log_probs"]
     flat_keep = _scatter_to_no_padding(keep, response_mask, data, log_probs.values().shape[0])
@@ -221,8 +279,10 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
         )
         loss = loss + config.kl_loss_coef * restore
 
+    onpolicy = bool(tu.get_non_tensor_data(data=data, key=ERC_ONPOLICY_FLAG, default=False))
     metrics.update(
-        erc_metrics(ratio, keep, response_mask, erc.beta_low, erc.beta_high, data["batch_num_tokens"], data["dp_size"])
+        erc_metrics(ratio, keep, kept_by_atol, old_clamped | new_clamped, response_mask, erc.beta_low, erc.beta_high,
+                    data["batch_num_tokens"], data["dp_size"], onpolicy)
     )
     if erc.analysis.enable:
         from verl_erc.analysis import record_tokens

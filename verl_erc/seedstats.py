@@ -82,6 +82,12 @@ class Estimate:
 
 
 def _finite(values: dict[int | str, float]) -> dict[int | str, float]:
+    """``values`` without NaN (a seed that did not log the metric); an infinite value raises ``ValueError``."""
+    infinite = {seed: value for seed, value in values.items() if math.isinf(value)}
+    if infinite:
+        listing = ", ".join(f"seed {seed}: {value}" for seed, value in infinite.items())
+        raise ValueError(f"non-finite value(s) among the seeds ({listing}): a mean or test over seeds needs finite "
+                         "values; look at those runs (a diverged loss, an overflow) before comparing them")
     return {seed: value for seed, value in values.items() if not math.isnan(value)}
 
 
