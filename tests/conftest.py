@@ -44,3 +44,20 @@ def rehearsal_cache(tmp_path_factory):
         os.environ.pop(assets.CACHE_ENV, None)
     else:
         os.environ[assets.CACHE_ENV] = previous
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Seconds per test file (setup, call and teardown of its tests, summed), slowest first: where CI's time goes.
+    Files whose tests overlap (background runs started by one test and read by later ones) count at the test
+    that waited."""
+    totals: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                path = report.nodeid.split("::", 1)[0]
+                totals[path] = totals.get(path, 0.0) + report.duration
+    if totals:
+        terminalreporter.write_sep("=", "seconds per test file")
+        for path, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:8.1f}  {path}")
+        terminalreporter.write_line(f"{sum(totals.values()):8.1f}  total")

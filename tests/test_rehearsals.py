@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -46,8 +47,10 @@ pytestmark = pytest.mark.cpu_e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 ERC_METRICS = ["actor/erc_clipfrac", "actor/erc_clipfrac_high", "actor/erc_clipfrac_low", "actor/erc_ratio_mean"]
-# 2 steps, validation once (at the last step); everything else is the rehearsal's
-SHORT = ["trainer.total_training_steps=2", "trainer.val_before_train=false"]
+# 2 steps, validation once (at the last step), half the prompts per step and one agent-loop worker (the test reads
+# no learning curve: a rehearsal takes ~2/3 of its time); everything else is the rehearsal's
+SHORT = ["trainer.total_training_steps=2", "trainer.val_before_train=false", "data.train_batch_size=8",
+         "actor_rollout_ref.rollout.agent.num_workers=1"]
 # the KL ablation also runs 2 FSDP2 training ranks (2 logical GPUs, 3 more Ray CPUs for the second rank)
 WORLD_SIZE = {"kl_penalty_7b": 2}
 TWO_RANKS = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_cpus=9"]
@@ -61,14 +64,14 @@ LOSS_LINE = {
 VALIDATION = {f"val-core/{name}/acc/mean@{SPECS[name].k}" for name in ("aime24", "math500")}
 
 
-def rehearse(recipe: str, runs_dir: Path, cache: Path, *overrides: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
+def rehearse(recipe: str, runs_dir: Path, cache: Path, *overrides: str, rc: int = 0, env: dict | None = None) -> str:
+    extra, env = env or {}, {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
     env.pop("VERL_PLATFORM", None)  # trainer.device=cpu in the profile selects the platform
-    env.update(ERC_RUNS_DIR=str(runs_dir), VERL_ERC_CACHE_DIR=str(cache), ERC_PYTHON=sys.executable)
+    env.update(ERC_RUNS_DIR=str(runs_dir), VERL_ERC_CACHE_DIR=str(cache), ERC_PYTHON=sys.executable, **extra)
     proc = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), recipe, *overrides],
                           cwd=runs_dir, env=env, capture_output=True, text=True, timeout=1200)
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-20000:]
+    assert proc.returncode == rc, log[-20000:]
     return log
 
 
@@ -97,6 +100,9 @@ REHEARSED = [recipe for recipe in RUNS if recipe not in TWINS]
 #: rehearsals run two at a time (see the module's docstring), except these: 2 training ranks and a reference model
 ALONE = {recipe for recipe, world in WORLD_SIZE.items() if world > 1}
 COMPARED = ("dapo_7b", "erc_dapo_7b")  # the compare report's runs
+RELAUNCHED, RELAUNCH = "erc_dapo_7b", ":relaunch"  # the README's main job, relaunched by hand once it finished
+RELAUNCH_NAME = "erc_dapo_7b_relaunch-seed1"
+ZERO_REWARD = ROOT / "tests" / "fixtures" / "zero_reward.py"
 
 
 def settle(future: Future, fn, *args) -> None:
@@ -116,9 +122,11 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
     for item in request.session.items:
         if item.function is test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline:
             used.update(COMPARED)
+        elif item.function is test_a_finished_run_is_not_rerun_a_changed_one_is_refused_and_a_flat_reward_stops_the_run:
+            used.update((RELAUNCHED, RELAUNCHED + RELAUNCH))
         elif item.function is test_rehearsal_trains_with_the_recipes_method:
             used.add(item.callspec.params["recipe"])
-    futures = {recipe: Future() for recipe in REHEARSED if recipe in used}
+    futures = {name: Future() for name in [*REHEARSED, RELAUNCHED + RELAUNCH] if name in used}
 
     def run(recipe: str):
         log = rehearse(recipe, runs_dir, rehearsal_cache, *SHORT, *(TWO_RANKS if recipe in ALONE else []))
@@ -126,11 +134,15 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
 
     def run_all():
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for recipe in futures:
-                if recipe not in ALONE:
-                    pool.submit(settle, futures[recipe], run, recipe)
-        for recipe in ALONE & futures.keys():  # once every pair is done
-            settle(futures[recipe], run, recipe)
+            for recipe in [name for name in futures if name not in ALONE and name != RELAUNCHED + RELAUNCH]:
+                pool.submit(settle, futures[recipe], run, recipe)
+        # once every pair is done: the large runs beside the main job's relaunches (mostly refused before Ray starts)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for recipe in ALONE & futures.keys():
+                pool.submit(settle, futures[recipe], run, recipe)
+            if RELAUNCHED + RELAUNCH in futures:
+                main_job = futures[RELAUNCHED].result()[0] if not futures[RELAUNCHED].exception() else None
+                pool.submit(settle, futures[RELAUNCHED + RELAUNCH], relaunch, main_job, rehearsal_cache)
 
     threading.Thread(target=run_all, daemon=True).start()
     return lambda recipe: futures[recipe].result()
@@ -175,7 +187,9 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     shards = sorted(p.name for p in (run_dir / "checkpoints" / "global_step_2" / "actor").glob("model_world_size_*.pt"))
     assert shards == [f"model_world_size_{world}_rank_{rank}.pt" for rank in range(world)]
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
-    assert len((run_dir / "launches.log").read_text().splitlines()) == 1
+    launches = (run_dir / "launches.log").read_text().splitlines()
+    assert len(launches) == 2 and "start step 0 (a fresh run)" in launches[0], launches
+    assert launches[1].endswith("end: finished, newest checkpoint step 2"), launches
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     # verl's vLLM server ran with the CPU worker extension; the run removed the /dev/shm files it left
     assert "vLLMHttpServer" in log and WORKER_EXTENSION in log
@@ -195,6 +209,10 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     for m in train.values():  # the ratio H_new / H_old of real entropies (the loss raises without either)
         assert 0 < m["actor/erc_ratio_min"] <= m["actor/erc_ratio_mean"] <= m["actor/erc_ratio_max"]
         assert 0 <= m["actor/erc_clipfrac"] <= 1
+        # a step's first mini-batch runs at theta = theta_old: fp32 on CPU, nothing leaves the band there
+        assert m["actor/erc_clipfrac_onpolicy"] == 0.0
+    # later mini-batches, after updates at the toy's lr, move entropies out of the band: ERC acts
+    assert any(m["actor/erc_clipfrac"] > 0 for m in train.values())
 
 
 def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed, tmp_path):
@@ -204,3 +222,50 @@ def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed,
     for png in ("entropy.png", "erc_clipfrac.png", "pg_clipfrac.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
 
+
+
+
+def metrics_files(run_dir: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in (run_dir / "metrics").glob("*.jsonl")}
+
+
+def relaunch(run_dir: Path, cache: Path) -> tuple[Path, dict[str, str], dict[str, bytes]]:
+    """Relaunches by hand of a copy of the finished main job (the copy, so that the other tests read the run as
+    it ended): (the copy, each relaunch's log, the copy's metrics files before them)."""
+    copy = run_dir.parent / RELAUNCH_NAME
+    shutil.copytree(run_dir, copy)
+    before, logs = metrics_files(copy), {}
+    again = lambda *overrides, rc: rehearse(RELAUNCHED, run_dir.parent, cache, *SHORT, *overrides, rc=rc,  # noqa: E731
+                                            env={"ERC_RUN_NAME": RELAUNCH_NAME})
+    logs["same"] = again(rc=2)
+    logs["changed"] = again("trainer.total_training_steps=3", "actor_rollout_ref.actor.optim.lr=2e-4", rc=2)
+    logs["metrics_after_refusals"] = metrics_files(copy)
+    logs["zero_reward"] = again("trainer.total_training_steps=3", f"reward.custom_reward_function.path={ZERO_REWARD}",
+                                "run_guard.allow_changes=true", rc=1)
+    return copy, logs, before
+
+
+def test_a_finished_run_is_not_rerun_a_changed_one_is_refused_and_a_flat_reward_stops_the_run(rehearsed):
+    """Relaunches of the main job's finished run by hand: the same command, a changed learning rate, and a
+    continuation on purpose with a reward that never varies."""
+    copy, logs, before = rehearsed(RELAUNCHED + RELAUNCH)
+    # the same command again: refused before Ray starts, its result untouched
+    log = logs["same"]
+    assert f"verl_erc: refused: {copy.name} already finished at step 2 of 2" in log, log[-3000:]
+    assert "trainer.total_training_steps=3" in log and "ray init kwargs" not in log  # verl's task runner never started
+    # a changed experiment key: refused, naming the key and both values (not resumed into the old run)
+    assert "actor_rollout_ref.actor.optim.lr: 0.0001 -> 0.0002" in logs["changed"], logs["changed"][-3000:]
+    assert logs["metrics_after_refusals"] == before
+    history = (copy / "launches.log").read_text().splitlines()
+    assert [" refused: " in line for line in history[:4]] == [False, False, True, True], history
+
+    # continued on purpose with a flat reward: resumes at step 2 (no step-0 validation); DAPO's dynamic sampling
+    # stops at its bound and the run fails naming the cause instead of generating forever
+    log = logs["zero_reward"]
+    assert "verl_erc: resuming at step 2: skipping the step-0 validation" in log, log[-5000:]
+    assert "DAPO's dynamic sampling found nothing to train on at step 3" in log, log[-5000:]
+    assert "Every score was 0.0: do the responses contain \\boxed{}?" in log
+    assert "start step 2 (checkpoint " in history[-2] and " end: failed" in history[-1], history
+    identity = json.loads((copy / "identity.json").read_text())
+    assert identity["launches"][-1]["changed"] == [
+        ["reward.custom_reward_function.path", "pkg://verl_erc.reward", str(ZERO_REWARD)]]

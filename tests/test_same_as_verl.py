@@ -1,6 +1,6 @@
 """With ERC off, ``python -m verl_erc.main`` runs verl's own trainer: the same program as verl's entry point.
 
-The CPU backend runs 3 training steps twice, from the same seed: once through verl's
+The CPU backend runs 2 training steps twice, from the same seed: once through verl's
 ``python -m verl.trainer.main_ppo`` (verl's ``ppo_trainer`` config plus only the keys the CPU
 backend needs, :func:`cpu_keys`, on the rehearsals' toy task) and once through
 ``python -m verl_erc.main`` (our ``erc_trainer`` config, ERC off) with the same keys. Neither run
@@ -31,7 +31,7 @@ from verl_erc.cpu.preflight import WORKER_EXTENSION
 
 pytestmark = pytest.mark.cpu_e2e
 
-STEPS = 3
+STEPS = 2
 #: metrics that measure time, throughput or memory, not training
 UNTIMED = ("timing_s/", "timing_per_token_ms/", "perf/", "actor/perf/", "training/rollout_time")
 #: metrics fixed by the data alone (same prompts from the same seed)
@@ -92,14 +92,6 @@ def training_metrics(path: Path) -> dict[int, dict[str, float]]:
     }
 
 
-@pytest.fixture(autouse=True)
-def _removes_verls_shm():
-    """verl's entry point leaves vLLM's queues in /dev/shm (ours removes them): removed after each test,
-    not after each run, since two runs may overlap."""
-    with removes_new_shm():
-        yield
-
-
 @pytest.fixture(scope="module")
 def assets(rehearsal_cache):
     skip_if_gpu_visible()
@@ -108,17 +100,36 @@ def assets(rehearsal_cache):
     return rehearsal_cache, {name: str(path) for name, path in asset_paths().items()}
 
 
-def test_erc_off_is_verls_trainer_step_for_step(assets, tmp_path):
+@pytest.fixture(scope="module")
+def runs(assets, tmp_path_factory):
+    """name -> (Future of the run's log, its output folder): this module's four trainer runs, all started at its
+    first test, two at a time (a run leaves a core idle much of its start-up), in the order the tests read them."""
     cache, paths = assets
-    with ThreadPoolExecutor(max_workers=2) as pool:  # side by side: a run leaves a core idle much of its start-up
-        verl = pool.submit(train, "verl.trainer.main_ppo", cpu_keys(paths, tmp_path, "verl"), tmp_path, cache)
-        ours = pool.submit(train, "verl_erc.main", ["--config-name", "erc_trainer", *cpu_keys(paths, tmp_path, "ours")],
-                           tmp_path, cache)
-        verl_log, ours_log = verl.result(), ours.result()
+    out = tmp_path_factory.mktemp("same_as_verl")
+    plans = {
+        "verl": ("verl.trainer.main_ppo", cpu_keys(paths, out, "verl"), True),
+        "ours": ("verl_erc.main", ["--config-name", "erc_trainer", *cpu_keys(paths, out, "ours")], True),
+        "verl_erc_on": ("verl.trainer.main_ppo", [*cpu_keys(paths, out, "verl_erc_on"), *ERC_VIA_VERL], True),
+        # verl's legacy trainer never installs ERC's loss: the engine hook must stop the first actor update
+        "legacy": ("verl.trainer.main_ppo", [*cpu_keys(paths, out, "legacy"), *ERC_VIA_VERL, "trainer.use_v1=false"],
+                   False),
+    }
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {name: pool.submit(train, module, keys, out, cache, ok) for name, (module, keys, ok) in plans.items()}
+    pool.shutdown(wait=False)
+    with removes_new_shm():  # verl's entry point leaves vLLM's queues in /dev/shm: removed once all runs ended
+        yield {name: (future, out) for name, future in futures.items()}
+        for future in futures.values():
+            future.exception()
+
+
+def test_erc_off_is_verls_trainer_step_for_step(runs):
+    (verl, out), (ours, _) = runs["verl"], runs["ours"]
+    verl_log, ours_log = verl.result(), ours.result()
     assert "verl_erc 0" in ours_log and "ERC off" in ours_log  # our entry point ran
     for log in (verl_log, ours_log):
         assert "ERC loss installed" not in log and "verl_erc step" not in log
-    verl, ours = training_metrics(tmp_path / "verl.jsonl"), training_metrics(tmp_path / "ours.jsonl")
+    verl, ours = training_metrics(out / "verl.jsonl"), training_metrics(out / "ours.jsonl")
     assert sorted(verl) == sorted(ours) == list(range(1, STEPS + 1))
     for step in verl:
         assert ours[step].keys() == verl[step].keys(), step
@@ -131,25 +142,22 @@ def test_erc_off_is_verls_trainer_step_for_step(assets, tmp_path):
         assert len({run[s]["critic/score/mean"] for s in run}) > 1  # real, varying training
 
 
-def test_verl_entry_point_with_erc_on_applies_it(assets, tmp_path):
+def test_verl_entry_point_with_erc_on_applies_it(runs):
     """python -m verl.trainer.main_ppo, ERC on: the plugin's trainer (mode 'sync') runs ERC."""
-    cache, paths = assets
-    keys = [*cpu_keys(paths, tmp_path, "verl_erc_on"), "trainer.total_training_steps=2", *ERC_VIA_VERL]
-    log = train("verl.trainer.main_ppo", keys, tmp_path, cache)
-    assert "ERC loss installed in the actor workers" in log
-    steps = training_metrics(tmp_path / "verl_erc_on.jsonl")
-    assert sorted(steps) == [1, 2]
+    future, out = runs["verl_erc_on"]
+    assert "ERC loss installed in the actor workers" in future.result()
+    steps = training_metrics(out / "verl_erc_on.jsonl")
+    assert sorted(steps) == list(range(1, STEPS + 1))
     assert all("actor/erc_clipfrac" in data and "actor/erc_ratio_mean" in data for data in steps.values())
 
 
-def test_verl_entry_point_refuses_erc_it_cannot_apply(assets, tmp_path):
+def test_verl_entry_point_refuses_erc_it_cannot_apply(runs, assets, tmp_path):
     cache, paths = assets
     # verl's own actor config has no ERC field: refused at verl's config check, before Ray starts
     log = train("verl.trainer.main_ppo", [*cpu_keys(paths, tmp_path, "a"), "+actor_rollout_ref.actor.erc.enable=true"],
                 tmp_path, cache, ok=False)
     assert "unexpected keyword argument 'erc'" in log and "ray init kwargs" not in log
     # verl's legacy trainer never installs ERC's loss: the engine hook stops the first actor update
-    log = train("verl.trainer.main_ppo", [*cpu_keys(paths, tmp_path, "b"), *ERC_VIA_VERL, "trainer.use_v1=false"],
-                tmp_path, cache, ok=False)
-    assert "the trainer did not install ERC" in log
-    assert not (tmp_path / "b.jsonl").exists() or "actor/pg_loss" not in (tmp_path / "b.jsonl").read_text()
+    future, out = runs["legacy"]
+    assert "the trainer did not install ERC" in future.result()
+    assert not (out / "legacy.jsonl").exists() or "actor/pg_loss" not in (out / "legacy.jsonl").read_text()
