@@ -8,7 +8,7 @@
 #   ERC_DATA_DIR                  the toy task in the paper's schema, from python -m verl_erc.data
 #   ERC_RUNS_DIR                  outputs/rehearsals, unless set
 # Run directory, launches.log, metrics, checkpoints and resume are the recipe's: rerunning the
-# command resumes from the newest checkpoint.
+# command resumes an unfinished run from its newest checkpoint and refuses a finished one (docs/run_life.md).
 set -euo pipefail
 
 recipes="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -11,14 +11,14 @@ reward manager, math-verify through verl's scorer, and the toy task converted by
 ``python -m verl_erc.data``. Everything asserted is read from the run's own output: the
 recipe's run directory (metrics JSONL, checkpoints, ``launches.log``) and its console log.
 The KL ablation runs 2 FSDP2 training ranks. Resuming a rehearsal from its checkpoint is tested
-under Slurm (``test_slurm.py``: the ERC-DAPO rehearsal killed after step 1, requeued, resumed).
+under Slurm (``test_slurm.py``: stopped by the time-limit signal after step 2, requeued, resumed).
+The last test relaunches a copy of the finished main job by hand (refusals, a flat reward).
 Select with ``pytest -m cpu_e2e``.
 
-Time on 2 cores: this file takes 1723 s (10 tests). Start-up (Ray, the workers, vLLM) leaves a core
-idle about half the time, so the rehearsals run two at a time (measured on the earlier add-one toy:
-two in 272 s, one alone in 172 s; peak 17 GB): on the ``a * 1`` toy each run of a pair takes 291-351 s
-from its launch to its last write (erc_dapo_7b: steps of 123 s and 16 s, the first one spawning the
-agent-loop workers and math-verify's process pool), the KL ablation alone 246 s.
+Time on 2 cores (2026-12-04): this file took ~1200 s of a 1949 s full ``pytest``. Start-up (Ray, the
+workers, vLLM) leaves a core idle about half the time, so the rehearsals run two at a time (peak memory
+of a pair: 16.5 GB), with 8 prompts per step and one agent-loop worker; the KL ablation runs beside the
+main job's relaunches.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     names = re.findall(r"(psm_\w+) \(\d+ MiB\)", removed[0]) if len(removed) == 1 else []
     assert names and not [name for name in names if (SHM_DIR / name).exists()]
     assert not run_processes(run_dir)  # nothing of the run outlives it (e.g. vLLM's engine, orphaned by Ray)
-    # ERC runs: the loss installed in the workers, a summary line per step; ERC off: verl's trainer, nothing of ours
+    # ERC runs: the loss installed in the workers, a summary line per step; ERC off: verl's trainer (with the stop-request hook)
     assert ("ERC loss installed in the actor workers" in log) == erc
     lines = [next((l for l in log.splitlines() if f"verl_erc step {s}/2 |" in l), None) for s in (1, 2)]
     if not erc:
