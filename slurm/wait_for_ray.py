@@ -1,5 +1,6 @@
 """Wait until every node of a Slurm job has joined its Ray cluster with its GPUs; exit 1 naming the
-nodes missing (and the GPUs expected) on timeout, or at once if a node's Ray start-up step exits.
+nodes missing (and the GPUs expected) on timeout, or at once if a node's Ray start-up step exits
+(the head's too: Ray is asked only once its GCS port accepts connections).
 
     python slurm/wait_for_ray.py --address HEAD_IP:PORT --gpus-per-node G --node HOST=PID [--node HOST=PID ...]
                                  [--timeout 600]
@@ -11,6 +12,7 @@ as many nodes and GPUs as expected.
 """
 
 import argparse
+import socket
 import sys
 import time
 
@@ -33,6 +35,16 @@ def cluster_state(address: str) -> dict[str, float]:
         return state
     finally:
         ray.shutdown()
+
+
+def listening(address: str) -> bool:
+    """True if the GCS port at ``address`` accepts a connection (``ray.init`` waits minutes for one that does not)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def exited(pid: int) -> bool:
@@ -78,10 +90,13 @@ def main() -> int:
     deadline = time.monotonic() + args.timeout
     state, error = None, None
     while True:
-        try:
-            state, error = cluster_state(args.address), None
-        except Exception as exc:  # GCS not up yet, or connection refused
-            error = f"{type(exc).__name__}: {exc}"
+        if not listening(args.address):
+            state, error = None, f"nothing listens at {args.address} (the head's GCS is not up)"
+        else:
+            try:
+                state, error = cluster_state(args.address), None
+            except Exception as exc:  # GCS starting, or gone since
+                error = f"{type(exc).__name__}: {exc}"
         absent = missing(nodes, state or {}, args.gpus_per_node)
         # by hostname, or (a Slurm NodeName that is not the host's name) by count
         counted = state is not None and len(state) >= len(nodes) and sum(state.values()) >= len(nodes) * args.gpus_per_node
@@ -93,7 +108,8 @@ def main() -> int:
         if dead:
             print(
                 f"[wait_for_ray] ERROR: the Ray start-up step on {', '.join(dead)} exited before the cluster at "
-                f"{args.address} was up (expected {expected}; missing: {', '.join(absent)}); see its output above.",
+                f"{args.address} was up (expected {expected}; missing: "
+                f"{', '.join(absent) if state is not None else 'every node, the head GCS not up yet'}); see its output above.",
                 file=sys.stderr,
                 flush=True,
             )

@@ -10,8 +10,9 @@ ignores ``algorithm.filter_groups.max_num_gen_batches`` (and logs so). A reward 
 verl 0.5's terms: a step generates at most ``max_num_gen_batches`` generation batches of
 ``data.train_batch_size`` prompts (the step's batch and its refills; 0 = no bound, verl's
 behaviour). verl's own sampling runs until a refill would pass the bound; then the prompts in
-flight finish and the step trains on the groups that survived the filter (verl pads the batch to
-whole mini-batches), as the official ERC recipes do (they generate twice the batch once and train
+flight finish and the step trains on the groups that survived the filter, at most its batch (a
+surplus is discarded, as verl's sync sampling does; verl pads the batch to whole mini-batches), as
+the official ERC recipes do (they generate twice the batch once and train
 on the survivors). If no group survived, it raises :class:`DynamicSamplingError` naming the values
 every group shared. ``poll_interval`` (verl: 2 s) comes from ``sampler_kwargs`` too; verl's
 contract for custom samplers passes no DAPO settings, so ``sampler_kwargs`` carries the same keys
@@ -116,6 +117,10 @@ class BoundedReplayBuffer(ReplayBuffer):
             raise DynamicSamplingError(self._nothing_to_train_message(global_steps))
         selected, snapshot, _ = self._select_prompt_uids(partition_id, survivors, batch_size)
         metrics = dict(self._step_metrics)
+        surplus = survivors - set(selected)  # groups finished in flight beyond the batch: discarded, as verl's sync
+        if surplus:                           # sampling does (kept, the next step would train on them off-policy)
+            self._clear_groups(partition_id, surplus)
+            metrics[f"{self._metrics_prefix(partition_id)}/filter_groups/discarded_surplus_samples"] = len(surplus)
         metrics.pop(DAPO_FILTERED_REWARD_COUNTS_KEY, None)  # verl's table logger reads it from the trainer's metrics
         metrics[SHORT_BY_PROMPTS] = batch_size - len(selected)
         print(f"verl_erc: step {global_steps}: dynamic sampling reached algorithm.filter_groups.max_num_gen_batches="
