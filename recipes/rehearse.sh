@@ -12,8 +12,8 @@
 set -euo pipefail
 
 recipes="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [[ $# -lt 1 || "$1" == _* || ! -f "$recipes/$1.sh" || "$1" == rehearse ]]; then
-    names=$(cd "$recipes" && ls -- *.sh | grep -v -e '^_' -e '^rehearse.sh$' | sed 's/\.sh$//' | tr '\n' ' ')
+if [[ $# -lt 1 || "$1" == _* || ! -f "$recipes/$1.sh" || "$1" == rehearse || "$1" == evaluate ]]; then
+    names=$(cd "$recipes" && ls -- *.sh | grep -v -e '^_' -e '^rehearse.sh$' -e '^evaluate.sh$' | sed 's/\.sh$//' | tr '\n' ' ')
     echo "usage: recipes/rehearse.sh RECIPE [hydra overrides...]; RECIPE is one of: $names" >&2
     exit 2
 fi

@@ -19,13 +19,19 @@
 #   -R, --rehearse           run the recipe's laptop-scale rehearsal (recipes/rehearse.sh) on CPU nodes;
 #                            -g G then counts training processes per node (Slurm GPUs or gres)
 #   -n, --dry-run            print the sbatch command only
+#       --check              check the job against the allocation and stop: the exact config it will run
+#                            through verl's and ERC's start-up checks and what verl asserts only on the GPU
+#                            workers, the data, model and run directory, memory per GPU (python -m
+#                            verl_erc.submit_check); every submission runs it first
+#       --no-check           submit without it
+#       --gpu-mem GiB        GPU memory for the check's estimate    [ERC_SLURM_GPU_MEM, default 80]
 # Any other sbatch option: ERC_SLURM_EXTRA_ARGS="--account=abc --qos=high".
 # The recipe reads its paths from the environment (recipes/_common.sh); sbatch passes it on.
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 nodes="${ERC_SLURM_NODES:-1}"
 gpus="${ERC_SLURM_GPUS_PER_NODE:-8}"
@@ -36,6 +42,8 @@ log_dir="${ERC_SLURM_LOG_DIR:-$PWD/slurm-logs}"
 margin="${ERC_SLURM_REQUEUE_MARGIN:-1800}"
 dry_run=0
 rehearse=0
+check=1
+gpu_mem="${ERC_SLURM_GPU_MEM:-80}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -N | --nodes) nodes="$2"; shift 2 ;;
@@ -47,6 +55,9 @@ while [[ $# -gt 0 ]]; do
         -r | --requeue-margin) margin="$2"; shift 2 ;;
         -R | --rehearse) rehearse=1; shift ;;
         -n | --dry-run) dry_run=1; shift ;;
+        --check) check=only; shift ;;
+        --no-check) check=0; shift ;;
+        --gpu-mem) gpu_mem="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
@@ -85,6 +96,18 @@ time_seconds() {  # Slurm time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 if [[ "$margin" -gt 0 && $(( 2 * margin )) -ge "$(time_seconds "$time_limit")" ]]; then
     echo "error: --requeue-margin ${margin}s is not well below --time $time_limit; lower it or pass -r 0" >&2
     exit 2
+fi
+
+if [[ "$check" != 0 && "$rehearse" == 1 ]]; then
+    echo "check: skipped for a rehearsal (the laptop profile on CPU nodes)"
+    [[ "$check" == only ]] && exit 0
+elif [[ "$check" != 0 ]]; then
+    if ! "${ERC_PYTHON:-python}" -m verl_erc.submit_check "$recipe" --nodes "$nodes" --gpus-per-node "$gpus" \
+        --gpu-mem "$gpu_mem" "$@"; then
+        echo "error: not submitted: the job would fail on ${nodes} node(s) x ${gpus} GPU(s) (above); fix it, or submit with --no-check" >&2
+        exit 1
+    fi
+    [[ "$check" == only ]] && exit 0
 fi
 
 job_name="erc-$recipe"

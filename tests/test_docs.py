@@ -41,12 +41,15 @@ COVERED: dict[str, dict[str, str]] = {
     "bash requirements/install_cpu.sh": {".ci/run": "bash requirements/install_cpu.sh"},
     "pytest": {".ci/run": "pytest"},
     "recipes/rehearse.sh": {"tests/test_rehearsals.py": "rehearse.sh"},
+    "recipes/evaluate.sh": {"tests/test_rehearsals.py": 'script="evaluate.sh"'},
+    "python -m verl_erc.export": {"tests/test_rehearsals.py": 'script="evaluate.sh"', "tests/test_export.py": "main(["},
     "python -m verl_erc --check": {"tests/test_config.py": '"--check"'},
     "python -m verl_erc.cpu.demo": {"tests/test_cpu_demo.py": "verl_erc.cpu.demo"},
     "python -m verl_erc.compare": {"tests/test_compare.py": "verl_erc.compare", "tests/test_compare_seeds.py": "verl_erc.compare"},
     "python -m verl_erc.analyze": {"tests/test_analysis.py": "verl_erc.analyze"},
     "python -m verl_erc.data": {"tests/test_data.py": '"verl_erc.data"'},
     "slurm/submit.sh": {"tests/test_slurm.py": '"submit.sh"'},
+    "slurm/submit.sh --check": {"tests/test_submit_check.py": '"--check"'},
     "python benchmarks/erc_noise_floor.py": {"tests/test_benchmark_smoke.py": '"erc_noise_floor.py"'},
 }
 

@@ -62,7 +62,7 @@ def configs():
 
 def test_every_recipe_has_a_config_and_a_script():
     scripts = {p.stem for p in (ROOT / "recipes").glob("*.sh") if not p.name.startswith("_")}
-    assert scripts == set(RUNS) | {"rehearse"}
+    assert scripts == set(RUNS) | {"rehearse", "evaluate"}
     for name in RUNS:
         assert (ROOT / "hydra_conf" / f"{name}.yaml").is_file()
 
@@ -447,3 +447,22 @@ def test_recipe_composes_as_launched(recipe_env):
     assert cfg.actor_rollout_ref.actor.kl_loss_coef == 0.01
     assert cfg.trainer.default_local_dir == f"{tmp}/runs/kl_penalty_7b-seed1/checkpoints"
     assert cfg.data.seed == 1 and cfg.actor_rollout_ref.rollout.seed == 1
+
+
+def test_evaluate_runs_the_recipes_validation_only_with_overrides_in_any_order(recipe_env):
+    """recipes/evaluate.sh RECIPE base: the recipe's command with verl's val_only, into eval_<model>; the Slurm
+    launcher puts its overrides before RECIPE and MODEL."""
+    env, tmp = recipe_env
+    out = run_recipe("evaluate", env, "trainer.nnodes=2", "erc_dapo_7b", "base", "data.max_response_length=32768")
+    assert out.returncode == 0, out.stderr
+    words = next(line for line in out.stdout.splitlines() if line.startswith("command: ")).split()
+    assert words[1:6] == ["python", "-m", "verl_erc.main", "--config-name", "erc_dapo_7b"]
+    assert f"actor_rollout_ref.model.path={tmp}/model" in words
+    assert f"trainer.default_local_dir={tmp}/runs/eval_model/checkpoints" in words
+    assert words[-4:] == ["trainer.val_only=true", "trainer.val_before_train=true", "trainer.nnodes=2",
+                          "data.max_response_length=32768"]
+    for args, message in ((["erc_dapo_7b"], "usage: "), (["rehearse", "base"], "no recipe 'rehearse'"),
+                          (["--step", "2", "erc_dapo_7b", "base"], "--step is for a run directory"),
+                          (["erc_dapo_7b", str(tmp / "nowhere")], "is not a folder")):
+        out = run_recipe("evaluate", env, *args)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)

@@ -35,12 +35,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
 from cpu_subprocess import skip_if_gpu_visible
 from test_paper_recipes import RUNS, TWINS
 
 from verl_erc.compare import write_report
 from verl_erc.cpu.preflight import WORKER_EXTENSION
 from verl_erc.data import SPECS
+from verl_erc.export import PROMPT, ExportError, actor_folder, verify
 from verl_erc.shm import SHM_DIR
 
 pytestmark = pytest.mark.cpu_e2e
@@ -64,11 +67,13 @@ LOSS_LINE = {
 VALIDATION = {f"val-core/{name}/acc/mean@{SPECS[name].k}" for name in ("aime24", "math500")}
 
 
-def rehearse(recipe: str, runs_dir: Path, cache: Path, *overrides: str, rc: int = 0, env: dict | None = None) -> str:
+def rehearse(recipe: str, runs_dir: Path, cache: Path, *overrides: str, rc: int = 0, env: dict | None = None,
+             script: str = "rehearse.sh") -> str:
+    """The console log of ``recipes/<script> <recipe> <overrides>`` (its exit code asserted), run as a user would."""
     extra, env = env or {}, {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
     env.pop("VERL_PLATFORM", None)  # trainer.device=cpu in the profile selects the platform
     env.update(ERC_RUNS_DIR=str(runs_dir), VERL_ERC_CACHE_DIR=str(cache), ERC_PYTHON=sys.executable, **extra)
-    proc = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), recipe, *overrides],
+    proc = subprocess.run(["bash", str(ROOT / "recipes" / script), recipe, *overrides],
                           cwd=runs_dir, env=env, capture_output=True, text=True, timeout=1200)
     log = proc.stdout + proc.stderr
     assert proc.returncode == rc, log[-20000:]
@@ -102,6 +107,7 @@ ALONE = {recipe for recipe, world in WORLD_SIZE.items() if world > 1}
 COMPARED = ("dapo_7b", "erc_dapo_7b")  # the compare report's runs
 RELAUNCHED, RELAUNCH = "erc_dapo_7b", ":relaunch"  # the README's main job, relaunched by hand once it finished
 RELAUNCH_NAME = "erc_dapo_7b_relaunch-seed1"
+EVALUATE = ":evaluate"  # recipes/evaluate.sh on the tiny base model and on the main job's final checkpoint
 ZERO_REWARD = ROOT / "tests" / "fixtures" / "zero_reward.py"
 
 
@@ -126,7 +132,10 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
             used.update((RELAUNCHED, RELAUNCHED + RELAUNCH))
         elif item.function is test_rehearsal_trains_with_the_recipes_method:
             used.add(item.callspec.params["recipe"])
-    futures = {name: Future() for name in [*REHEARSED, RELAUNCHED + RELAUNCH] if name in used}
+        elif item.function is test_evaluate_scores_the_base_model_and_the_trained_checkpoint_for_one_report:
+            used.update((RELAUNCHED, RELAUNCHED + EVALUATE))
+    later = (RELAUNCHED + RELAUNCH, RELAUNCHED + EVALUATE)  # on the main job's run, once it finished
+    futures = {name: Future() for name in [*REHEARSED, *later] if name in used}
 
     def run(recipe: str):
         log = rehearse(recipe, runs_dir, rehearsal_cache, *SHORT, *(TWO_RANKS if recipe in ALONE else []))
@@ -134,15 +143,17 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
 
     def run_all():
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for recipe in [name for name in futures if name not in ALONE and name != RELAUNCHED + RELAUNCH]:
+            for recipe in [name for name in futures if name not in ALONE and name not in later]:
                 pool.submit(settle, futures[recipe], run, recipe)
-        # once every pair is done: the large runs beside the main job's relaunches (mostly refused before Ray starts)
+        # once every pair is done: the large runs beside the main job's relaunches (mostly refused before Ray
+        # starts) and evaluations
         with ThreadPoolExecutor(max_workers=2) as pool:
             for recipe in ALONE & futures.keys():
                 pool.submit(settle, futures[recipe], run, recipe)
-            if RELAUNCHED + RELAUNCH in futures:
-                main_job = futures[RELAUNCHED].result()[0] if not futures[RELAUNCHED].exception() else None
-                pool.submit(settle, futures[RELAUNCHED + RELAUNCH], relaunch, main_job, rehearsal_cache)
+            main_job = futures[RELAUNCHED].result()[0] if RELAUNCHED in futures and not futures[RELAUNCHED].exception() else None
+            for name, fn in ((RELAUNCHED + RELAUNCH, relaunch), (RELAUNCHED + EVALUATE, evaluate)):
+                if name in futures:
+                    pool.submit(settle, futures[name], fn, main_job, rehearsal_cache)
 
     threading.Thread(target=run_all, daemon=True).start()
     return lambda recipe: futures[recipe].result()
@@ -160,7 +171,10 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
         assert all(math.isfinite(m[k]) for k in ("actor/pg_loss", "actor/grad_norm")), step
         # responses of varying length reach the loss (no-padding layout: use_remove_padding=true)
         assert m["response_length/min"] < m["response_length/max"], step
-        assert m["training/rollout_probs_diff_max"] < 1e-3  # the rollout runs the actor's weights
+        # on-policy: every group was generated in this step (no surplus of the last step's bounded DAPO sampling
+        # carried over), by the actor's weights
+        assert m["training/off_policy/trajectory_staleness/max"] == 0, step
+        assert m["training/rollout_probs_diff_max"] < 1e-3, step
         # ERC metrics only in ERC runs, KL and entropy terms only in their ablations
         assert {k for k in ERC_METRICS if k in m} == (set(ERC_METRICS) if erc else set()), step
         assert ("actor/kl_loss" in m) == (recipe == "kl_penalty_7b")
@@ -223,8 +237,6 @@ def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed,
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
 
 
-
-
 def metrics_files(run_dir: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in (run_dir / "metrics").glob("*.jsonl")}
 
@@ -241,7 +253,7 @@ def relaunch(run_dir: Path, cache: Path) -> tuple[Path, dict[str, str], dict[str
     logs["changed"] = again("trainer.total_training_steps=3", "actor_rollout_ref.actor.optim.lr=2e-4", rc=2)
     logs["metrics_after_refusals"] = metrics_files(copy)
     logs["zero_reward"] = again("trainer.total_training_steps=3", f"reward.custom_reward_function.path={ZERO_REWARD}",
-                                "run_guard.allow_changes=true", rc=1)
+                                "run_guard.allow_changes=true", "trainer.val_before_train=true", rc=1)
     return copy, logs, before
 
 
@@ -263,9 +275,65 @@ def test_a_finished_run_is_not_rerun_a_changed_one_is_refused_and_a_flat_reward_
     # stops at its bound and the run fails naming the cause instead of generating forever
     log = logs["zero_reward"]
     assert "verl_erc: resuming at step 2: skipping the step-0 validation" in log, log[-5000:]
+    assert "Initial validation metrics" not in log  # verl's line after its step-0 validation
     assert "DAPO's dynamic sampling found nothing to train on at step 3" in log, log[-5000:]
     assert "Every score was 0.0: do the responses contain \\boxed{}?" in log
     assert "start step 2 (checkpoint " in history[-2] and " end: failed" in history[-1], history
     identity = json.loads((copy / "identity.json").read_text())
     assert identity["launches"][-1]["changed"] == [
         ["reward.custom_reward_function.path", "pkg://verl_erc.reward", str(ZERO_REWARD)]]
+
+
+def evaluate(run_dir: Path, cache: Path) -> dict[str, tuple[Path | None, str]]:
+    """``recipes/evaluate.sh --laptop erc_dapo_7b MODEL`` for the tiny base model, for the main job's run (its
+    final checkpoint, exported), and that one again: name -> (its run directory, its console log)."""
+    runs_dir, done = run_dir.parent, {}
+    for name, target, rc in (("base", "base", 0), ("trained", str(run_dir), 0), ("again", str(run_dir), 2)):
+        before = set(runs_dir.iterdir())
+        log = rehearse("--laptop", runs_dir, cache, RELAUNCHED, target, rc=rc, script="evaluate.sh")
+        made = [path for path in runs_dir.iterdir() if path not in before and "eval" in path.name]  # not the relaunch's
+        done[name] = (made[0] if len(made) == 1 else None, log)
+    return done
+
+
+def test_evaluate_scores_the_base_model_and_the_trained_checkpoint_for_one_report(rehearsed, tmp_path):
+    """Table 1's rows on the laptop: the base model and a run's checkpoint, each evaluated by verl's validation
+    only (trainer.val_only) on the recipe's benchmarks at their avg@k, side by side in compare's report."""
+    done = rehearsed(RELAUNCHED + EVALUATE)
+    (base, base_log), (trained, trained_log), (_, again_log) = done["base"], done["trained"], done["again"]
+    assert base is not None and base.name.startswith("eval_"), base_log[-3000:]
+    assert trained is not None and trained.name == "erc_dapo_7b_step2_eval-seed1", trained_log[-3000:]
+    for run, log in ((base, base_log), (trained, trained_log)):
+        metrics = steps(run)
+        assert list(metrics) == [0], metrics.keys()  # validation only, logged at step 0; no training step
+        assert VALIDATION <= set(metrics[0]) and "actor/pg_loss" not in metrics[0]
+        assert "Initial validation metrics" in log and "Training Progress" not in log
+    # the checkpoint was merged by verl's model merger into a Hugging Face folder and checked before it was scored
+    assert "loads with transformers and generates the checkpoint's" in trained_log, trained_log[-3000:]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (trained / "model").iterdir()}
+    # the run scored the exported model (its config as verl_erc.main recorded it)
+    assert OmegaConf.load(trained / "config.yaml").actor_rollout_ref.model.path == str(trained / "model")
+    # evaluated once: the same command again is refused, the scores untouched
+    assert "already holds this evaluation's scores" in again_log, again_log[-3000:]
+    # a folder that does not reproduce the checkpoint fails the export's check (its final norm zeroed)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(trained / "model", tampered)
+    weights = load_file(tampered / "model.safetensors")
+    weights["model.norm.weight"].zero_()
+    save_file(weights, tampered / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ExportError, match="generates .* for the check prompt, the checkpoint"):
+        verify(actor_folder(rehearsed(RELAUNCHED)[0], None), tampered, PROMPT, 8)
+
+    report = write_report([base, trained], tmp_path / "report").read_text()
+    table = report.split("### Last validation step")[1].split("###")[0]
+    header = next(line for line in table.splitlines() if line.startswith("| Run |")).split("|")
+    for run in (base, trained):
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{run.name}`")).split("|")
+        for bench, score in validation_row(run).items():
+            assert row[header.index(f" {bench} ")].strip(" *") == f"{100 * score:.1f}", (row, bench, score)  # best: bold
+
+
+def validation_row(run: Path) -> dict[str, float]:
+    """The run's avg@k per benchmark at its validation step, as verl logged them."""
+    val = steps(run)[0]
+    return {name: val[f"val-core/{name}/acc/mean@{SPECS[name].k}"] for name in ("aime24", "math500")}
