@@ -9,6 +9,7 @@ need only the job's Ray cluster, so there the trainer is tests/slurm/fake_traine
 Needs Debian's slurm-wlm (.ci/install_slurm.sh); skipped only when its binaries are absent.
 """
 
+import fnmatch
 import getpass
 import importlib.util
 import json
@@ -535,6 +536,54 @@ def launch_steps(run_dir: Path) -> list[dict[int, dict]]:
 
 
 @pytest.mark.cpu_e2e
+def listening_sockets(namespace: str) -> set[tuple[str, str, int]]:
+    """(process, address, port) of every TCP/UDP socket listening in a node except on loopback; the process named
+    by its title (``ray::WorkerDict``, ``VLLM::Worker``: Ray's and vLLM's process titles, cut at "." "(" "_"),
+    else its executable."""
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "ss", "-Hltunp"], capture_output=True, text=True,
+                         check=True).stdout
+    found = set()
+    for line in out.splitlines():
+        fields = line.split()
+        address, port = fields[4].rsplit(":", 1)
+        address = address.strip("[]").removeprefix("::ffff:")
+        pid = re.search(r"pid=(\d+)", line)
+        title = (cmdline(pid.group(1)) or "?").split()[0] if pid else "?"
+        name = re.split(r"[.(]", title)[0] if title.startswith(("ray::", "VLLM::")) else Path(title).name
+        name = re.sub(r"_(TP|DP|PP|EP)\d.*$", "", name)
+        if not (address.startswith("127.") or address == "::1"):
+            found.add((name, address, int(port)))
+            SOCKET_COMMANDS[(name, address, int(port))] = (cmdline(pid.group(1)) or "?")[:300] if pid else "?"
+    return found
+
+
+#: the command line of each socket's process, as listening_sockets saw it (for a failing census)
+SOCKET_COMMANDS: dict[tuple[str, str, int], str] = {}
+
+
+def documented_sockets() -> list[tuple[list[str], list[range] | None]]:
+    """The census table of docs/security.md: per row, its process names (fnmatch patterns, in backticks) and its
+    ports (None: random)."""
+    section = (ROOT / "docs" / "security.md").read_text().split("## The sockets of a real two-node run")[1]
+    table = section.split("| process |", 1)[1].split("\n\n")[0]
+    rows = []
+    for line in table.splitlines()[2:]:  # the header's rest and its |---| line first
+        process, _, ports, _ = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        names = re.findall(r"`([^`]+)`", process)
+        numbers = re.sub(r"\(`[^`]*`\)", "", ports)
+        spans = [range(int(a), int(b) + 1) for a, b in re.findall(r"(\d{4,5})-(\d{4,5})", numbers)]
+        singles = [range(int(a), int(a) + 1) for a in re.findall(r"(?<![-\d])(\d{4,5})(?![-\d])", numbers)]
+        rows.append((names, None if "random" in ports else spans + singles))
+    return rows
+
+
+def undocumented(sockets: set[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    rows = documented_sockets()
+    return sorted((name, address, port) for name, address, port in sockets
+                  if not any(any(fnmatch.fnmatchcase(name, pattern) for pattern in names)
+                             and (ports is None or any(port in span for span in ports)) for names, ports in rows))
+
+
 def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resumes_and_ends_when_a_nodes_ray_dies(
     rehearsal_job_env,
 ):
@@ -552,6 +601,17 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     checkpoints = run_dir / "checkpoints"
     wait_for(lambda: 1 in (launch_steps(run_dir) or [{}])[0], 900, "step 1's metrics", log, (env, job))
     assert not list(checkpoints.glob("global_step_*"))  # save_freq=100: no checkpoint of its own
+    # who can reach the job: every socket listening beyond loopback on both nodes, with verl's trainer, vLLM,
+    # TransferQueue and the training ranks all up, is in docs/security.md's census table
+    # (those of two snapshots 5 s apart, named as in the second: a process starting up listens before it
+    # takes its title, as a new Ray worker or vLLM process does)
+    first_seen = {(address, port) for _, address, port in set().union(*(listening_sockets(ns) for ns in namespaces))}
+    time.sleep(5)
+    census = {socket for socket in set().union(*(listening_sockets(ns) for ns in namespaces)) if socket[1:] in first_seen}
+    assert {name for name, _, _ in census} >= {"gcs_server", "raylet", "ray::WorkerDict", "ray::vLLMHttpServer"}, census
+    for socket in undocumented(census):
+        print("undocumented socket:", socket, SOCKET_COMMANDS.get(socket))
+    assert undocumented(census) == [], "undocumented sockets (printed above with their processes)"
 
     # the time-limit signal (submit.sh: --signal=B:USR1@margin) during step 2
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
