@@ -185,16 +185,23 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     # DAPO's dynamic sampling dropped groups whose 8 responses all scored the same (verl's metric)
     dropped = [m.get("training/filter_groups/evicted_samples", 0) for m in train.values()]
     assert (sum(dropped) > 0) == dynamic
-    # DAPO's overlong penalty: math-verify scores 0 or 1, so a negative score is the penalty
-    assert (min(m["critic/score/min"] for m in train.values()) < 0) == dynamic
-    assert any(m["critic/score/max"] == 1.0 for m in train.values())
-    if method == "gspo":  # GSPO's sequence-level clip range (3e-4/4e-4) clips most off-policy mini-batches
-        assert all(m["actor/pg_clipfrac"] > 0.3 for m in train.values())
-    else:
-        assert all(m["actor/pg_clipfrac"] < 0.3 for m in train.values())
     # validation at the last step: each source at its own avg@k, math-verify gave 1s and 0s. The toy is near
     # chance (~0.1), so math500's 36 samples are all wrong in ~2 % of runs: one source above 0 is asserted, none at 1
     val = metrics[2]
+    # DAPO's overlong penalty (its reward manager, which reports overlong_reward): math-verify scores 0 or 1, so a
+    # negative score is the penalty, on a long wrong response. 8 prompts a step may have none: then validation's
+    # 360 responses do
+    overlong = [key for key in val if "/overlong_reward/mean@" in key]
+    assert bool(overlong) == dynamic, sorted(val)
+    penalised = min(m["critic/score/min"] for m in train.values()) < 0 or any(val[key] < 0 for key in overlong)
+    assert penalised == dynamic
+    assert any(m["critic/score/max"] == 1.0 for m in train.values())
+    # GSPO's sequence-level clip range (3e-4/4e-4) clips a large share of the off-policy mini-batches (0.28-0.49
+    # measured), the token-level methods' 0.2/0.28 almost none (<= 0.001)
+    if method == "gspo":
+        assert all(m["actor/pg_clipfrac"] > 0.1 for m in train.values())
+    else:
+        assert all(m["actor/pg_clipfrac"] < 0.1 for m in train.values())
     assert VALIDATION <= set(val) and all(0 <= val[k] < 1 for k in VALIDATION) and any(val[k] > 0 for k in VALIDATION)
     # the recipe's checkpointing and launch log
     world = WORLD_SIZE.get(recipe, 1)
