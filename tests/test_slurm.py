@@ -599,19 +599,20 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     log = job_log(tmp / "logs", job, "erc-erc_dapo_7b-rehearsal")
     run_dir = tmp / "runs" / "erc_dapo_7b-seed1"
     checkpoints = run_dir / "checkpoints"
-    wait_for(lambda: 1 in (launch_steps(run_dir) or [{}])[0], 900, "step 1's metrics", log, (env, job))
-    assert not list(checkpoints.glob("global_step_*"))  # save_freq=100: no checkpoint of its own
     # who can reach the job: every socket listening beyond loopback on both nodes, with verl's trainer, vLLM,
-    # TransferQueue and the training ranks all up, is in docs/security.md's census table
-    # (those of two snapshots 5 s apart, named as in the second: a process starting up listens before it
-    # takes its title, as a new Ray worker or vLLM process does)
+    # TransferQueue and the training ranks all up (at the step-0 validation, so that the stop below still lands
+    # in step 2), is in docs/security.md's census table (those of two snapshots 2 s apart, named as in the
+    # second: a process starting up listens before it takes its title, as a new Ray worker or vLLM process does)
+    wait_for(lambda: 0 in (launch_steps(run_dir) or [{}])[0], 900, "the step-0 validation", log, (env, job))
     first_seen = {(address, port) for _, address, port in set().union(*(listening_sockets(ns) for ns in namespaces))}
-    time.sleep(5)
+    time.sleep(2)
     census = {socket for socket in set().union(*(listening_sockets(ns) for ns in namespaces)) if socket[1:] in first_seen}
     assert {name for name, _, _ in census} >= {"gcs_server", "raylet", "ray::WorkerDict", "ray::vLLMHttpServer"}, census
     for socket in undocumented(census):
         print("undocumented socket:", socket, SOCKET_COMMANDS.get(socket))
     assert undocumented(census) == [], "undocumented sockets (printed above with their processes)"
+    wait_for(lambda: 1 in (launch_steps(run_dir) or [{}])[0], 900, "step 1's metrics", log, (env, job))
+    assert not list(checkpoints.glob("global_step_*"))  # save_freq=100: no checkpoint of its own
 
     # the time-limit signal (submit.sh: --signal=B:USR1@margin) during step 2
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
