@@ -98,11 +98,10 @@ if [[ "$margin" -gt 0 && $(( 2 * margin )) -ge "$(time_seconds "$time_limit")" ]
     exit 2
 fi
 
-if [[ "$check" != 0 && "$rehearse" == 1 ]]; then
-    echo "check: skipped for a rehearsal (the laptop profile on CPU nodes)"
-    [[ "$check" == only ]] && exit 0
-elif [[ "$check" != 0 ]]; then
-    if ! "${ERC_PYTHON:-python}" -m verl_erc.submit_check "$recipe" --nodes "$nodes" --gpus-per-node "$gpus" \
+if [[ "$check" != 0 ]]; then
+    if [[ "$rehearse" == 1 ]]; then
+        echo "check: skipped for a rehearsal (the laptop profile on CPU nodes)"
+    elif ! "${ERC_PYTHON:-python}" -m verl_erc.submit_check "$recipe" --nodes "$nodes" --gpus-per-node "$gpus" \
         --gpu-mem "$gpu_mem" "$@"; then
         echo "error: not submitted: the job would fail on ${nodes} node(s) x ${gpus} GPU(s) (above); fix it, or submit with --no-check" >&2
         exit 1
