@@ -170,7 +170,7 @@ def _check_report(out: Path) -> str:
     return md
 
 
-PNGS = ["entropy", "grad_norm", "pg_clipfrac", "response_length", "erc_clipfrac", "val_aime24", "val_math500"]
+PNGS = ["reward", "entropy", "grad_norm", "pg_clipfrac", "response_length", "erc_clipfrac", "val_aime24", "val_math500"]
 
 
 def test_report_tables_stability_and_plots(runs, tmp_path, capsys):

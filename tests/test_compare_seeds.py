@@ -225,3 +225,30 @@ def test_an_infinite_value_among_the_seeds_is_a_clear_error(bad):
         seed_mean({1: 0.3, 2: bad, 3: 0.4})
     with pytest.raises(ValueError, match="seed 2"):
         difference({1: 0.3, 2: bad}, {1: 0.2, 2: 0.1})
+
+
+def test_step_windows_table_the_tests_tally_and_the_plot_captions(seed_runs, tmp_path):
+    out = tmp_path / "report"
+    assert main([*map(str, seed_runs.values()), "--out", str(out), "--windows", "1-2", "3"]) == 0
+    md = (out / "report.md").read_text()
+    table = _tables(md)["Training metrics over step windows"]
+    assert table["figure"] == ["`dapo` (n=2)", "`erc_dapo` (n=2)", "Δ `erc_dapo` − `dapo`"]
+    # entropy, steps 1-2: dapo 0.4, 0.45 (se 0.025); erc_dapo 0.5, 0.475 (se 0.0125); paired Δ 0.1, 0.025
+    assert table["policy entropy, step 1–2"] == [
+        f"{0.425:.3g} ± {T1 * 0.025:.3g}", f"{0.4875:.3g} ± {T1 * 0.0125:.3g}",
+        f"+{0.0625:.3g} ± {T1 * 0.0375:.3g} (p={p1(0.0625 / 0.0375):.2g})"]
+    assert table["policy entropy, step 3"] == ["0.5 ± 0", "0.5 ± 0", "+0 ± 0"]  # a single step; no spread, no test
+    assert "gradient norm (before clipping), step 3" in table
+    assert not [row for row in table if row.startswith("training reward")]  # not logged: no row
+    # the tally counts the p-values of every Δ cell outside the best-step table, and those below 0.05
+    tested = md.split("### Best validation step")[0] + md.split("## Training stability")[1].split("## How many")[0]
+    note = md.split("## How many tests")[1].split("##")[0]
+    assert f"makes {tested.count('(p=')} two-sided t-tests" in note and tested.count("(p=") >= 4
+    cells = "".join(line for line in tested.splitlines() if line.startswith("|"))
+    assert f"; {cells.count('†')} of them have p < 0.05" in note
+    # seed groups: lines with a min-max band; validation at two steps as points with min-max bars
+    assert "### Policy entropy\n\n![Policy entropy](entropy.png)\n\n*Each line: a group's mean over its seeds; shaded" in md
+    assert "![aime24](val_aime24.png)\n\n*Each point: a group's mean over its seeds; bars: the min–max" in md
+    for bad in ("5-3", "a-b"):
+        with pytest.raises(SystemExit):
+            main([*map(str, seed_runs.values()), "--out", str(tmp_path / "bad"), "--windows", bad])

@@ -20,10 +20,19 @@ def test_sources_are_in_the_hub_schemas_the_converter_reads(tmp_path):
     assert len(train) == 2 * 10 * 2 and set(train.columns) == {"data_source", "prompt", "ability", "reward_model"}
     row = train.iloc[0]
     assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"] in task.questions(int(row["reward_model"]["ground_truth"]))
-    for name in task.BENCHMARKS:
-        bench = pd.read_json(files[name], lines=True, dtype=False)
+    for schema, phrasing in task.HELDOUT.values():
+        bench = pd.read_json(files[schema], lines=True, dtype=False)
         assert list(bench.columns) == ["problem", "answer"] and len(bench) == 10
-        assert bench.iloc[3].tolist() == [task.PHRASINGS[name].format(a=3), "3"]
+        assert bench.iloc[3].tolist() == [phrasing.format(a=3), "3"]
+
+
+def test_validation_is_held_out_from_training(tmp_path):
+    """No validation prompt is a training prompt (the operands are the same ten digits, in other phrasings)."""
+    paths = task.prepare(tmp_path / "raw", tmp_path / "data")
+    train, val = pd.read_parquet(paths["train"]), pd.read_parquet(paths["val"])
+    prompts = {name: {row[0]["content"] for row in frame["prompt"]} for name, frame in (("train", train), ("val", val))}
+    assert len(prompts["train"]) == 20 and len(prompts["val"]) == 20 and not prompts["train"] & prompts["val"]
+    assert {q.split("\n")[0] for q in prompts["val"]} == {q for a in task.digits() for q in task.heldout_questions(a)}
 
 
 def test_prepare_converts_with_the_users_converter(tmp_path):
@@ -31,8 +40,10 @@ def test_prepare_converts_with_the_users_converter(tmp_path):
     train, val = pd.read_parquet(paths["train"]), pd.read_parquet(paths["val"])
     assert len(train) == 640 and set(train["data_source"]) == {data.TRAIN}
     assert all(r[0]["content"].endswith(data.INSTRUCTION) for r in train["prompt"])
-    # two validation sources with the paper's avg@k
-    assert val.groupby("data_source")["__rollout_n__"].unique().map(list).to_dict() == {"aime24": [32], "math500": [4]}
+    # two validation sources with the paper's avg@k, named as the toy's (no file named for a real benchmark is left)
+    assert val.groupby("data_source")["__rollout_n__"].unique().map(list).to_dict() == {
+        "toy_heldout_avg32": [32], "toy_heldout_avg4": [4]}
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["train.parquet", "val.parquet"]
 
 
 def test_responses_restate_the_operand_box_a_random_digit_and_vary_in_length():

@@ -93,6 +93,18 @@ def test_importing_our_modules_first_registers_them_too():
     assert report == {"trainers": ["colocate_async", "separate_async", "sync"], "wrapped_once": True, "engine": True}
 
 
+def test_importing_the_replay_buffer_first_registers_the_trainers():
+    """verl_erc.sampler imports verl's V1 package, whose post-import hook wires the trainers: that wiring must not
+    import the sampler back (a circular import there once turned the whole plugin off)."""
+    report = _fresh("""
+        import json
+        import verl_erc.sampler
+        from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+        print(json.dumps(sorted(n for n, c in TRAINER_REGISTRY.items() if "ErcTrainerMixin" in {b.__name__ for b in c.__mro__})))
+    """)
+    assert report == ["colocate_async", "separate_async", "sync"]
+
+
 @pytest.mark.parametrize("first", ["verl_erc.engine", "verl_erc.entropy_hook", "verl_erc.cpu.engines"])
 def test_on_the_cpu_platform_any_of_our_engine_modules_imports_first(first):
     """Our engine modules import verl's engine package, whose hooks import the CPU engines: no import cycle."""

@@ -42,8 +42,10 @@ from test_paper_recipes import RUNS, TWINS
 
 from verl_erc.compare import write_report
 from verl_erc.cpu.preflight import WORKER_EXTENSION
+from verl_erc.cpu.task import HELDOUT
 from verl_erc.data import SPECS
 from verl_erc.export import PROMPT, ExportError, actor_folder, verify
+from verl_erc.sampler import ALL_GENERATED
 from verl_erc.shm import SHM_DIR
 
 pytestmark = pytest.mark.cpu_e2e
@@ -64,7 +66,9 @@ LOSS_LINE = {
     "gppo": "loss_mode=gppo, clip_ratio=0.2/0.2, loss_agg_mode=token-mean",
     "gspo": "loss_mode=gspo, clip_ratio=0.0003/0.0004, loss_agg_mode=seq-mean-token-mean",
 }
-VALIDATION = {f"val-core/{name}/acc/mean@{SPECS[name].k}" for name in ("aime24", "math500")}
+#: the toy's held-out validation sources (verl_erc.cpu.task) and the avg@k of the benchmark each is converted as
+TOY_VAL_K = {name: SPECS[schema].k for name, (schema, _) in HELDOUT.items()}
+VALIDATION = {f"val-core/{name}/acc/mean@{k}" for name, k in TOY_VAL_K.items()}
 
 
 def rehearse(recipe: str, runs_dir: Path, cache: Path, *overrides: str, rc: int = 0, env: dict | None = None,
@@ -185,8 +189,11 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     # DAPO's dynamic sampling dropped groups whose 8 responses all scored the same (verl's metric)
     dropped = [m.get("training/filter_groups/evicted_samples", 0) for m in train.values()]
     assert (sum(dropped) > 0) == dynamic
+    # and the accuracy over every generated response, dropped groups included, is logged beside verl's kept-only score
+    assert all((ALL_GENERATED in m) == dynamic for m in train.values())
+    assert not dynamic or all(0 <= m[ALL_GENERATED] <= 1 for m in train.values())
     # validation at the last step: each source at its own avg@k, math-verify gave 1s and 0s. The toy is near
-    # chance (~0.1), so math500's 36 samples are all wrong in ~2 % of runs: one source above 0 is asserted, none at 1
+    # chance (~0.1), so the avg@4 source's 40 samples are all wrong in ~2 % of runs: one source above 0 is asserted, none at 1
     val = metrics[2]
     # DAPO's overlong penalty (its reward manager, which reports overlong_reward): math-verify scores 0 or 1, so a
     # negative score is the penalty, on a long wrong response. 8 prompts a step may have none: then validation's
@@ -343,4 +350,4 @@ def test_evaluate_scores_the_base_model_and_the_trained_checkpoint_for_one_repor
 def validation_row(run: Path) -> dict[str, float]:
     """The run's avg@k per benchmark at its validation step, as verl logged them."""
     val = steps(run)[0]
-    return {name: val[f"val-core/{name}/acc/mean@{SPECS[name].k}"] for name in ("aime24", "math500")}
+    return {name: val[f"val-core/{name}/acc/mean@{k}"] for name, k in TOY_VAL_K.items()}

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from verl.trainer.ppo.v1 import replay_buffer as verl_replay_buffer
 from verl.utils.import_utils import load_extern_type
 
-from verl_erc.sampler import GENERATED_PROMPTS, SHORT_BY_PROMPTS, BoundedReplayBuffer, DynamicSamplingError
+from verl_erc.sampler import ALL_GENERATED, GENERATED_PROMPTS, SHORT_BY_PROMPTS, BoundedReplayBuffer, DynamicSamplingError
 
 N = 4  # responses per prompt
 
@@ -112,6 +112,9 @@ def test_mixed_groups_fill_the_batch_as_in_verl(tq):
     assert len(groups(batch)) == 4 and not groups(batch) & alike
     assert metrics["training/filter_groups/evicted_samples"] == 2
     assert metrics[GENERATED_PROMPTS] <= 8 and SHORT_BY_PROMPTS not in metrics
+    # verl's critic/score/mean would be over the kept groups, 0.25 each; every generated response: 4 kept groups
+    # of 1 right in 4, and the 2 dropped groups all right: (4 + 8) / 24
+    assert metrics[ALL_GENERATED] == pytest.approx(12 / 24)
 
 
 def test_at_the_bound_the_step_trains_on_the_groups_that_survived(tq, capsys):
@@ -121,6 +124,7 @@ def test_at_the_bound_the_step_trains_on_the_groups_that_survived(tq, capsys):
     assert groups(batch) == survivors
     assert metrics[GENERATED_PROMPTS] == 8 and metrics[SHORT_BY_PROMPTS] == 2  # 2 batches of 4 prompts, no more
     assert metrics["training/filter_groups/evicted_samples"] == 6
+    assert metrics[ALL_GENERATED] == pytest.approx(4 / 32)  # 2 kept groups of 2 right in 4; 6 dropped, all wrong
     assert "training on the 2 of 4 groups that survived" in capsys.readouterr().out
 
 

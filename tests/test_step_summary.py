@@ -16,12 +16,13 @@ def test_summary_has_reward_lengths_dynamic_sampling_entropy_and_both_clip_fract
         "response_length/mean": 17.25,
         "response_length/clip_ratio": 0.125,
         "training/filter_groups/evicted_samples": 6.0,
+        "training/filter_groups/all_generated_mean": 0.3125,
         "val-core/aime24/acc/mean@32": 0.75,
         "val-core/aime24/acc/best@32/mean": 1.0,  # verl's best@k is not in the summary
         "actor/pg_loss": -0.1,  # not in the summary
     }
     assert step_summary(metrics, 3, 20) == (
-        "verl_erc step 3/20 | reward 0.500 | resp_len 17.2 | at_limit 0.125 | groups_dropped 6 | entropy 1.235 | "
+        "verl_erc step 3/20 | reward 0.500 | acc_all 0.312 | resp_len 17.2 | at_limit 0.125 | groups_dropped 6 | entropy 1.235 | "
         "pg_clipfrac 0.0625 | erc_clipfrac 0.2500 | onpolicy 0.0000 | high 0.1250 | low 0.1250 | step_s 3.9 | val-core/aime24/acc/mean@32 0.750"
     )
 

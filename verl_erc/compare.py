@@ -32,6 +32,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from verl_erc import runlogs
+from verl_erc.metric_keys import ALL_GENERATED
 from verl_erc.runlogs import RunLog, RunLogError, load_run
 from verl_erc.seedstats import CONFIDENCE, Estimate, difference, seed_mean
 
@@ -44,6 +45,21 @@ ERC_CLIPFRACS = {
     "actor/erc_clipfrac_low": ("below band", ":"),
 }
 RESPONSE_LENGTH = "response_length/mean"
+SCORE = "critic/score/mean"
+#: the training reward: verl's score over the groups DAPO kept, and the accuracy over every generated response
+REWARDS = {
+    SCORE: ("score, groups kept", "-"),
+    ALL_GENERATED: ("accuracy, all generated", "--"),
+}
+#: (label, metric key) of the step-window table (``--windows``): each the mean over the window's logged steps
+WINDOW_METRICS = [
+    ("training reward (score, groups kept)", SCORE),
+    ("training accuracy (all generated)", ALL_GENERATED),
+    ("policy entropy", ENTROPY),
+    ("gradient norm (before clipping)", GRAD_NORM),
+    ("groups DAPO dropped per step", "training/filter_groups/evicted_samples"),
+    ("step time (s)", "timing_s/step"),
+]
 # verl's trainer (_val_metrics_update) logs val-core/<data_source>/<acc|reward>/mean@<n> among others
 VAL_CORE = re.compile(r"^val-core/(?P<bench>.+)/(?P<var>[^/]+)/mean@(?P<n>\d+)$")
 ERC_PREFIXES = ("erc_", "erc-")
@@ -219,9 +235,11 @@ def _mean_over(scores: dict[str, float], columns: list[str]) -> float:
     return mean(scores[c] for c in columns) if columns and set(columns) <= scores.keys() else math.nan
 
 
-def score_table(groups: list[Group], vals: dict[str, Validation], pairs: dict[str, str], which: str) -> str:
+def score_table(
+    groups: list[Group], vals: dict[str, Validation], pairs: dict[str, str], which: str, tests: list | None = None
+) -> str:
     """Table 1 as Markdown: scores x100 per benchmark, average, step, a group's as mean ± interval over seeds
-    (each seed at its own ``which`` step); a Δ row under each paired ERC group."""
+    (each seed at its own ``which`` step); a Δ row under each paired ERC group (its estimates added to ``tests``)."""
     by_name = {group.name: group for group in groups}
     benches = sorted({bench for val in vals.values() for bench in val.keys})
     columns = [*benches, "Avg."]
@@ -253,13 +271,17 @@ def score_table(groups: list[Group], vals: dict[str, Validation], pairs: dict[st
             common = sorted(set.intersection(*both) - {"Avg."})  # Δ Avg.: over the benchmarks all of them have
             diffs = [difference(seeds(group, [b]), seeds(base, [b])) for b in benches]
             diffs.append(difference(seeds(group, common), seeds(base, common)))
+            if tests is not None:
+                tests += diffs
             rows.append([_delta_row(group, base, diffs), *(_cell(d, _pct, sign=True) for d in diffs), ""])
     return _table(["Run", *columns, "step"], rows)
 
 
-def stability_table(groups: list[Group], stats: dict[str, dict[str, float]], pairs: dict[str, str]) -> str:
+def stability_table(
+    groups: list[Group], stats: dict[str, dict[str, float]], pairs: dict[str, str], tests: list | None = None
+) -> str:
     """The stability figures per run, a group's as mean ± interval over seeds; under each paired ERC group
-    a Δ row where seeds give the difference an interval."""
+    a Δ row where seeds give the difference an interval (its estimates added to ``tests``)."""
     by_name = {group.name: group for group in groups}
     names = list(next(iter(stats.values())))
 
@@ -273,7 +295,67 @@ def stability_table(groups: list[Group], stats: dict[str, dict[str, float]], pai
         diffs = [difference(seeds(group, name), seeds(base, name)) for name in names] if base else []
         if any(d.kind for d in diffs):
             rows.append([_delta_row(group, base, diffs), *(_cell(d, _num, sign=True) for d in diffs)])
+            if tests is not None:
+                tests += diffs
     return _table(["Run", *names], rows)
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``A-B`` (steps A to B, both included) or ``A`` (step A alone) as ``(A, B)``."""
+    first, _, last = text.partition("-")
+    try:
+        window = (int(first), int(last or first))
+    except ValueError:
+        raise RunLogError(f"--windows {text!r}: expected a step A or steps A-B") from None
+    if not 0 <= window[0] <= window[1]:
+        raise RunLogError(f"--windows {text!r}: expected 0 <= A <= B")
+    return window
+
+
+def window_mean(run: RunLog, key: str, window: tuple[int, int]) -> float:
+    """The mean of ``key`` over the run's logged steps in ``window`` (NaN if none)."""
+    if key not in run.scalars:
+        return math.nan
+    values = run.scalars[key].dropna()
+    return float(values[(values.index >= window[0]) & (values.index <= window[1])].mean())
+
+
+def window_table(
+    groups: list[Group], pairs: dict[str, str], windows: list[tuple[int, int]], tests: list | None = None
+) -> str:
+    """One row per metric of :data:`WINDOW_METRICS` and step window: each group's mean over the window (over
+    seeds: mean ± interval), then for each paired ERC group its Δ (estimates added to ``tests``)."""
+    by_name = {group.name: group for group in groups}
+    paired = [(by_name[erc], by_name[base]) for erc, base in pairs.items() if erc in by_name and base in by_name]
+    header = ["figure", *(group.row for group in groups), *(f"Δ `{erc.label}` − `{base.label}`" for erc, base in paired)]
+
+    def seeds(group: Group, key: str, window: tuple[int, int]) -> dict[int | str, float]:
+        return {seed: window_mean(run, key, window) for seed, run in group.runs.items()}
+
+    rows = []
+    for label, key in WINDOW_METRICS:
+        for window in windows:
+            values = {group.name: seeds(group, key, window) for group in groups}
+            if all(math.isnan(v) for by_seed in values.values() for v in by_seed.values()):
+                continue  # no run logged it in the window
+            cells = [_cell(seed_mean(values[group.name]), _num, len(group.runs)) for group in groups]
+            diffs = [difference(values[erc.name], values[base.name]) for erc, base in paired]
+            if tests is not None:
+                tests += diffs
+            rows.append([f"{label}, step {_steps(list(window))}", *cells, *(_cell(d, _num, sign=True) for d in diffs)])
+    return _table(header, rows)
+
+
+def tests_note(tests: list[Estimate]) -> str:
+    """How many two-sided tests the report's Δ cells make and how many fall below p = 0.05, with the caveat."""
+    tested = [est for est in tests if not math.isnan(est.p)]
+    below = sum(est.p < 1.0 - CONFIDENCE for est in tested)
+    return (
+        f"This report makes {len(tested)} two-sided t-tests (the Δ cells with a p-value; the best-step table is "
+        f"left out: it picks its steps); {below} of them have p < {1 - CONFIDENCE:.2g}. With no real difference "
+        f"about {(1 - CONFIDENCE) * len(tested):.2g} of {len(tested)} would by chance, so read a lone "
+        f"{SIGNIFICANT} as a hint, not a finding."
+    )
 
 
 def _figure(title: str, ylabel: str) -> tuple[Figure, object]:
@@ -303,30 +385,16 @@ def _draw(ax, series: list[pd.Series], color, label: str, **style) -> None:
     ax.plot(frame.index, frame.mean(axis=1).values, color=color, label=label, linewidth=1.2, **style)
 
 
-def plot_metric(groups: list[Group], key: str, title: str, ylabel: str, path: Path) -> bool:
-    """One line (and seed band) per group that logged ``key``; False (nothing written) if none did."""
+def plot_lines(groups: list[Group], lines: dict[str, tuple[str, str]], title: str, ylabel: str, path: Path) -> bool:
+    """One line (and seed band) per group and metric (``lines``: key -> (name, or "" for a plot of one metric;
+    line style)), one colour per group; False (nothing written) if no group logged any."""
     fig, ax = _figure(title, ylabel)
     drawn = False
     for i, group in enumerate(groups):
-        series = _logged([run.scalars for run in group.runs.values()], key)
-        if series:
-            _draw(ax, series, _color(i), group.label)
-            drawn = True
-    if drawn:
-        ax.legend(fontsize="small")
-        fig.savefig(path)
-    return drawn
-
-
-def plot_erc_clipfracs(groups: list[Group], path: Path) -> bool:
-    """ERC clip fractions (all / above / below the band), one colour per group, one line style per fraction."""
-    fig, ax = _figure("ERC clip fraction", "fraction of response tokens")
-    drawn = False
-    for i, group in enumerate(groups):
-        for key, (name, style) in ERC_CLIPFRACS.items():
+        for key, (name, style) in lines.items():
             series = _logged([run.scalars for run in group.runs.values()], key)
             if series:
-                _draw(ax, series, _color(i), f"{group.label} ({name})", linestyle=style)
+                _draw(ax, series, _color(i), f"{group.label} ({name})" if name else group.label, linestyle=style)
                 drawn = True
     if drawn:
         ax.legend(fontsize="small")
@@ -334,24 +402,54 @@ def plot_erc_clipfracs(groups: list[Group], path: Path) -> bool:
     return drawn
 
 
+def _points(ax, series: list[pd.Series], color, label: str, offset: float) -> None:
+    """One run's values as points; several seeds' as their mean with min–max bars (``offset`` steps aside)."""
+    frame = pd.concat(series, axis=1).dropna()
+    middle = frame.mean(axis=1)
+    spread = [middle - frame.min(axis=1), frame.max(axis=1) - middle]
+    if len(series) > 1:
+        label = f"{label}: mean of {len(series)} seeds, bars min–max"
+    ax.errorbar(frame.index + offset, middle.values, yerr=spread if len(series) > 1 else None, color=color,
+                label=label, fmt="o", capsize=3)
+
+
 def plot_benchmark(groups: list[Group], vals: dict[str, Validation], bench: str, path: Path) -> bool:
-    """Validation score x100 of ``bench`` over training steps, one line (and seed band) per group."""
+    """Validation score x100 of ``bench`` over training steps, one line (and seed band) per group; with at most
+    :data:`POINTS_UP_TO` validation steps, points (and min–max bars), side by side."""
     keys = sorted({val.keys[bench] for val in vals.values() if bench in val.keys})
     fig, ax = _figure(f"{bench}: {', '.join(k.split('/', 2)[2] for k in keys)}", "score ×100")
+    steps = {step for val in vals.values() if bench in val.scores for step in val.scores[bench].dropna().index}
+    width = (max(steps) - min(steps) or 1) * 0.01 if steps else 0
     for i, group in enumerate(groups):
-        series = _logged([vals[run.label].scores for run in group.runs.values()], bench)
-        if series:
-            _draw(ax, [100 * s for s in series], _color(i), group.label, marker="o")
+        series = [100 * s for s in _logged([vals[run.label].scores for run in group.runs.values()], bench)]
+        if series and len(steps) <= POINTS_UP_TO:
+            _points(ax, series, _color(i), group.label, (i - (len(groups) - 1) / 2) * width)
+        elif series:
+            _draw(ax, series, _color(i), group.label, marker="o")
     ax.legend(fontsize="small")
     fig.savefig(path)
     return True
 
 
+def plot_caption(groups: list[Group], points: bool = False) -> str:
+    """How a plot draws seed groups (empty if every group is one run)."""
+    if all(len(group.runs) == 1 for group in groups):
+        return ""
+    if points:
+        return "*Each point: a group's mean over its seeds; bars: the min–max over its seeds.*"
+    return "*Each line: a group's mean over its seeds; shaded: the min–max over its seeds.*"
+
+
+#: validation drawn as points (not lines) when it ran at this many steps or fewer
+POINTS_UP_TO = 2
+#: (file, lines of :func:`plot_lines`, title, y label) of each plot, in the report's order
 PLOTS = [
-    ("entropy.png", ENTROPY, "Policy entropy", "entropy (nats)"),
-    ("grad_norm.png", GRAD_NORM, "Gradient norm", "gradient norm"),
-    ("pg_clipfrac.png", PG_CLIPFRAC, "PPO clip fraction", "fraction of response tokens"),
-    ("response_length.png", RESPONSE_LENGTH, "Mean response length", "tokens"),
+    ("reward.png", REWARDS, "Training reward", "reward"),
+    ("entropy.png", {ENTROPY: ("", "-")}, "Policy entropy", "entropy (nats)"),
+    ("grad_norm.png", {GRAD_NORM: ("", "-")}, "Gradient norm (before clipping)", "gradient norm"),
+    ("pg_clipfrac.png", {PG_CLIPFRAC: ("", "-")}, "PPO clip fraction", "fraction of response tokens"),
+    ("response_length.png", {RESPONSE_LENGTH: ("", "-")}, "Mean response length", "tokens"),
+    ("erc_clipfrac.png", ERC_CLIPFRACS, "ERC clip fraction", "fraction of response tokens"),
 ]
 
 
@@ -362,11 +460,14 @@ def write_report(
     spike_factor: float = 3.0,
     spike_window: int = 20,
     group_specs: list[str] = (),
+    windows: list[str] = (),
 ) -> Path:
     """Read the runs, write ``out/report.md``, ``out/report.html`` and the PNGs; return the Markdown path.
 
     ``pair_specs`` are ``ERC=BASE`` of group names (a run label stands for its group), ``group_specs``
-    ``NAME=RUN,RUN,...`` (see :func:`group_runs`)."""
+    ``NAME=RUN,RUN,...`` (see :func:`group_runs`), ``windows`` step windows ``A-B`` or ``A`` of the
+    training-metric table (none: no such table)."""
+    step_windows = [parse_window(w) for w in windows]
     labels = run_labels(run_dirs)
     runs = {label: load_run(Path(path), label) for path, label in zip(run_dirs, labels, strict=True)}
     grouped = group_runs(labels, list(group_specs))
@@ -376,6 +477,7 @@ def write_report(
     pairs = pair_runs(list(grouped), ["=".join(group_of.get(s, s) for s in spec.split("=", 1)) for spec in pair_specs])
     shown = {group.name: group.label for group in groups}
     vals = {label: validation(run) for label, run in runs.items()}
+    tests: list[Estimate] = []  # every Δ estimate the report tests (the best-step table's left out: it picks steps)
     out.mkdir(parents=True, exist_ok=True)
 
     md = [f"# ERC comparison: {', '.join(f'`{label}`' for label in labels)}", ""]
@@ -416,7 +518,7 @@ def write_report(
             "",
             "### Last validation step",
             "",
-            score_table(groups, vals, pairs, "last"),
+            score_table(groups, vals, pairs, "last", tests),
             "",
             "### Best validation step (highest Avg.)",
             "",
@@ -439,23 +541,36 @@ def write_report(
         "",
     ]
     stats = {label: stability(run, spike_factor, spike_window) for label, run in runs.items()}
-    md += [stability_table(groups, stats, pairs), ""]
+    md += [stability_table(groups, stats, pairs, tests), ""]
+    if step_windows:
+        md += [
+            "## Training metrics over step windows",
+            "",
+            "Each cell: the mean of the metric over the window's logged training steps "
+            f"(`{SCORE}`: verl's score over the groups DAPO's filter kept, which are neither all right nor all "
+            f"wrong, so with 0/1 accuracy it lies in [1/n, (n−1)/n] for n responses a group; `{ALL_GENERATED}`: "
+            "the filter metric over every response the step generated). A group's: mean ± interval over seeds; "
+            "Δ: ERC minus baseline as above.",
+            "",
+            window_table(groups, pairs, step_windows, tests),
+            "",
+        ]
+    if any(not math.isnan(est.p) for est in tests):
+        md += ["## How many tests", "", tests_note(tests), ""]
 
     md += ["## Plots", ""]
+    caption = plot_caption(groups)
     missing = []
-    for filename, key, title, ylabel in PLOTS:
-        if plot_metric(groups, key, title, ylabel, out / filename):
-            md += [f"### {title}", "", f"![{title}]({filename})", ""]
+    for filename, lines, title, ylabel in PLOTS:
+        if plot_lines(groups, lines, title, ylabel, out / filename):
+            md += [f"### {title}", "", f"![{title}]({filename})", "", caption, ""]
         else:
-            missing.append(key)
-    if plot_erc_clipfracs(groups, out / "erc_clipfrac.png"):
-        md += ["### ERC clip fraction", "", "![ERC clip fraction](erc_clipfrac.png)", ""]
-    else:
-        missing += list(ERC_CLIPFRACS)
+            missing += list(lines)
     for bench in benches:
         filename = "val_" + re.sub(r"[^A-Za-z0-9._-]+", "_", bench) + ".png"
         plot_benchmark(groups, vals, bench, out / filename)
-        md += [f"### Validation: {bench}", "", f"![{bench}]({filename})", ""]
+        points = max(len(val.scores[bench].dropna()) for val in vals.values() if bench in val.scores) <= POINTS_UP_TO
+        md += [f"### Validation: {bench}", "", f"![{bench}]({filename})", "", plot_caption(groups, points), ""]
     if missing:
         md += ["Not logged by any run (no plot): " + ", ".join(f"`{k}`" for k in missing), ""]
 
@@ -493,11 +608,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--spike-factor", type=float, default=3.0, help="grad-norm spike: above this x running median")
     parser.add_argument("--spike-window", type=int, default=20, help="running-median window (logged steps)")
+    parser.add_argument("--windows", nargs="+", default=[], metavar="A-B",
+                        help="step windows (A-B, or A alone) of a table of training metrics' means, e.g. 1-5 18-20")
     args = parser.parse_args(argv)
     if args.spike_factor <= 0 or args.spike_window < 1:
         parser.error("--spike-factor must be > 0 and --spike-window >= 1")
     try:
-        report = write_report(args.runs, args.out, args.pair, args.spike_factor, args.spike_window, args.group)
+        report = write_report(args.runs, args.out, args.pair, args.spike_factor, args.spike_window, args.group,
+                              args.windows)
     except RunLogError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"wrote {report} and {report.with_suffix('.html')}")

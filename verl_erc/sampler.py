@@ -17,6 +17,10 @@ on the survivors). If no group survived, it raises :class:`DynamicSamplingError`
 every group shared. ``poll_interval`` (verl: 2 s) comes from ``sampler_kwargs`` too; verl's
 contract for custom samplers passes no DAPO settings, so ``sampler_kwargs`` carries the same keys
 verl reads for its own buffer, interpolated in the config.
+
+Every training step also logs :data:`ALL_GENERATED`, the filter metric's mean over *every* response
+the step generated, kept or dropped (:func:`all_generated_mean`): verl's ``critic/score/mean`` is
+over the kept groups only, which DAPO keeps because they are neither all right nor all wrong.
 """
 
 from __future__ import annotations
@@ -24,16 +28,27 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from verl.trainer.ppo.v1 import replay_buffer as verl_replay_buffer
 from verl.trainer.ppo.v1.replay_buffer import (
     DAPO_FILTERED_REWARD_COUNTS_KEY,
+    FILTER_GROUPS_REWARD_METRIC,
     ReplayBuffer,
     _accumulate_eviction_metrics,
 )
 
-#: prompts dispatched for the step (its batch and every refill), logged every step of a bounded DAPO run
-GENERATED_PROMPTS = "training/filter_groups/generated_prompts"
-#: prompts the step's batch was short of when the bound was reached (the step trained on fewer)
-SHORT_BY_PROMPTS = "training/filter_groups/short_by_prompts"
+from verl_erc.metric_keys import ALL_GENERATED, GENERATED_PROMPTS, SHORT_BY_PROMPTS
+
+
+
+def all_generated_mean(kept: list[float], dropped: dict[float, int], group_size: int) -> float:
+    """The mean of the filter metric over a step's kept responses (``kept``) and the groups DAPO dropped.
+
+    ``dropped`` is verl's ``{shared value: number of groups}`` of the dropped groups, each of ``group_size``
+    responses. The kept groups alone are mixed: with a 0/1 metric their mean lies in [1/n, (n-1)/n]
+    for groups of n, whatever the model's accuracy.
+    """
+    total = sum(kept) + group_size * sum(value * count for value, count in dropped.items())
+    return total / (len(kept) + group_size * sum(dropped.values()))
 
 
 class DynamicSamplingError(RuntimeError):
@@ -100,7 +115,20 @@ class BoundedReplayBuffer(ReplayBuffer):
             batch, metrics = super().sample(global_steps, partition_id, batch_size)
         except _BoundReached:
             batch, metrics = self._sample_survivors(global_steps, partition_id, batch_size)
-        return batch, {**metrics, GENERATED_PROMPTS: self._dispatched}
+        group_size = len(batch.keys) // len({key.split("_")[0] for key in batch.keys})
+        dropped = self._step_metrics.get(DAPO_FILTERED_REWARD_COUNTS_KEY, {})
+        all_generated = all_generated_mean(self._metric_values(batch), dropped, group_size)
+        return batch, {**metrics, GENERATED_PROMPTS: self._dispatched, ALL_GENERATED: all_generated}
+
+    def _metric_values(self, batch) -> list[float]:
+        """The filter metric of each response of ``batch``, read from TransferQueue as verl's filter reads it."""
+        tq = verl_replay_buffer.tq
+        if self.filter_groups_metric == FILTER_GROUPS_REWARD_METRIC:
+            scores = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores"])
+            return [float(value.sum().item()) for value in scores["rm_scores"]]
+        fields = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+        return [float(getattr(value, "data", value)["reward_extra_info"][self.filter_groups_metric])
+                for value in fields["extra_fields"]]
 
     def _sample_survivors(self, global_steps: int, partition_id: str, batch_size: int):
         """At the bound: let the prompts in flight finish (filtering as they do), then take the groups that survived."""

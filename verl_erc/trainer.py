@@ -35,11 +35,13 @@ from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ERC_KEY, ErcConfigError, ErcFSDPActorConfig
 from verl_erc.losses import erc_ppo_loss
+from verl_erc.metric_keys import ALL_GENERATED
 from verl_erc.preemption import STOP_FILE_ENV, StopOnRequestMixin
 
 #: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
 SUMMARY_FIELDS = (
-    ("reward", "critic/score/mean", ".3f"),
+    ("reward", "critic/score/mean", ".3f"),  # over the groups DAPO kept
+    ("acc_all", ALL_GENERATED, ".3f"),  # over every generated response (DAPO)
     ("resp_len", "response_length/mean", ".1f"),
     ("at_limit", "response_length/clip_ratio", ".3f"),  # responses cut at max_response_length
     ("groups_dropped", "training/filter_groups/evicted_samples", ".0f"),  # dynamic sampling (DAPO)

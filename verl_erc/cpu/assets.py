@@ -35,7 +35,7 @@ from verl_erc.cpu import task
 from verl_erc.data import chat_prompt, user_prompt
 
 #: bump when anything below changes what gets built (the cache keeps one folder per version)
-ASSET_VERSION = "v7"
+ASSET_VERSION = "v8"
 SEED = 0
 CACHE_ENV = "VERL_ERC_CACHE_DIR"
 
@@ -107,13 +107,14 @@ def build_assets(root: Path) -> dict[str, Path]:
 
 
 def _corpus() -> list[str]:
-    """The tokenizer's training text: every prompt and sample responses with their chat roles (no special tokens)."""
+    """The tokenizer's training text: every prompt, training and held-out, and sample responses with their chat roles
+    (no special tokens)."""
     import random
 
     rng = random.Random(SEED)
     texts = []
     for a in range(10):
-        for question in task.questions(a):
+        for question in task.questions(a) + task.heldout_questions(a):
             texts += [f"user\n{user_prompt(question)}\n", f"assistant\n{task.response(rng, a)}\n"]
     return texts
 
@@ -183,11 +184,12 @@ def build_model(tokenizer, out_dir: Path) -> None:
 
 
 def warm_up_format(model, tokenizer) -> None:
-    """Seeded supervised steps: after a prompt of the task (any digit), a random response in its format, then EOS.
+    """Seeded supervised steps: after a prompt of the task (any digit, any phrasing: training or held-out), a random
+    response in its format, then EOS.
 
     The targets (:func:`verl_erc.cpu.task.response`) restate the prompt's operand but box a digit
     drawn independently of it, so the model learns the response format and its spread of lengths,
-    not the task.
+    not the task. RL training then sees the training phrasings only.
     """
     import random
 
@@ -202,7 +204,7 @@ def warm_up_format(model, tokenizer) -> None:
         rows = []
         for _ in range(WARM_UP["batch_size"]):
             a = rng.randrange(10)
-            question = rng.choice(task.questions(a))
+            question = rng.choice(task.questions(a) + task.heldout_questions(a))
             prompt = tokenizer.apply_chat_template(chat_prompt(question), add_generation_prompt=True, tokenize=True)
             prompt = list(prompt["input_ids"])
             rows.append((prompt, [*tokenizer.encode(task.response(rng, a)), eos_id]))

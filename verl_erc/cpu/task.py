@@ -2,10 +2,14 @@
 
 A problem is ``"What is 3 * 1?"`` (or ``"Compute 3 * 1."``); the answer is the product, the digit itself.
 :func:`write_sources` writes it as the paper's *source* files, in their hub schemas: the training
-set as KlearReasoner-MathSub-30K rows (chat ``prompt``, ``reward_model.ground_truth``), two
-benchmarks as AIME24 and MATH500 rows (``problem``, ``answer``). :func:`prepare` then converts them
-with the converter users run (``python -m verl_erc.data``), which adds the paper's instruction and
-the benchmarks' ``__rollout_n__`` (avg@32, avg@4), and the recipes' reward (:mod:`verl_erc.reward`,
+set as KlearReasoner-MathSub-30K rows (chat ``prompt``, ``reward_model.ground_truth``), and two held-out
+validation sources as AIME24 and MATH500 rows (``problem``, ``answer``), each in a phrasing no training
+prompt uses (``"Find 3 * 1."``, ``"Multiply 3 by 1."``): the same ten operands, so they measure whether
+what the model learned carries over to prompts it never trained on, not whether it learned new operands.
+:func:`prepare` converts them with the converter users run (``python -m verl_erc.data``), which adds the
+paper's instruction and the benchmarks' ``__rollout_n__`` (avg@32, avg@4), then names the validation
+sources for what they are (:data:`HELDOUT`: ``toy_heldout_avg32``, ``toy_heldout_avg4``), so no report
+of a rehearsal reads as an AIME24 or MATH500 score. The recipes' reward (:mod:`verl_erc.reward`,
 math-verify on the last ``\\boxed{}``) grades the responses.
 
 The toy model (:mod:`verl_erc.cpu.assets`) is warmed up on the *format* of a response only: it
@@ -25,11 +29,17 @@ import json
 import random
 from pathlib import Path
 
+import pandas as pd
+
 from verl_erc import data
 
-#: the phrasing of each source's problems; the training set holds both
-PHRASINGS = {"aime24": "What is {a} * 1?", "math500": "Compute {a} * 1."}
-BENCHMARKS = tuple(PHRASINGS)
+#: the training set's phrasings of a problem
+TRAIN_PHRASINGS = ("What is {a} * 1?", "Compute {a} * 1.")
+#: validation source -> (the benchmark whose schema and avg@k it is converted as, its phrasing, in no training prompt)
+HELDOUT = {
+    "toy_heldout_avg32": ("aime24", "Find {a} * 1."),
+    "toy_heldout_avg4": ("math500", "Multiply {a} by 1."),
+}
 #: words of a response's filler "reasoning"
 FILLER = ("so", "we", "add", "one", "to", "the", "digit", "then", "it", "is")
 #: number of filler words in the warm-up responses: exponential with this mean, capped
@@ -47,8 +57,13 @@ def answer(a: int) -> int:
 
 
 def questions(a: int) -> list[str]:
-    """Every phrasing of the problem ``a * 1``."""
-    return [p.format(a=a) for p in PHRASINGS.values()]
+    """The training set's phrasings of the problem ``a * 1``."""
+    return [p.format(a=a) for p in TRAIN_PHRASINGS]
+
+
+def heldout_questions(a: int) -> list[str]:
+    """The validation sources' phrasings of the problem ``a * 1`` (none is a training prompt)."""
+    return [phrasing.format(a=a) for _, phrasing in HELDOUT.values()]
 
 
 def response(rng: random.Random, a: int) -> str:
@@ -59,7 +74,8 @@ def response(rng: random.Random, a: int) -> str:
 
 
 def write_sources(raw_dir: Path, repeats: int = 32, seed: int = 0) -> dict[str, Path]:
-    """Write the training set and the two benchmarks in the hub schemas :mod:`verl_erc.data` reads."""
+    """Write the training set and the held-out validation sources in the hub schemas :mod:`verl_erc.data` reads;
+    keyed by the converter's dataset names (``train``, ``aime24``, ``math500``)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     train = [(a, q) for a in digits() for q in questions(a)] * repeats
@@ -75,8 +91,8 @@ def write_sources(raw_dir: Path, repeats: int = 32, seed: int = 0) -> dict[str, 
             for a, q in train
         ],
         **{
-            name: [{"problem": PHRASINGS[name].format(a=a), "answer": str(answer(a))} for a in digits()]
-            for name in BENCHMARKS
+            schema: [{"problem": phrasing.format(a=a), "answer": str(answer(a))} for a in digits()]
+            for schema, phrasing in HELDOUT.values()
         },
     }
     files = {}
@@ -87,11 +103,19 @@ def write_sources(raw_dir: Path, repeats: int = 32, seed: int = 0) -> dict[str, 
 
 
 def prepare(raw_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Write the sources and convert them with ``python -m verl_erc.data``; return ``train``/``val`` parquet paths."""
+    """Write the sources, convert them with ``python -m verl_erc.data``, then name the validation sources
+    :data:`HELDOUT`'s names in ``val.parquet``; return ``train``/``val`` parquet paths."""
     files = write_sources(raw_dir, seed=seed)
     argv = ["--out-dir", str(out_dir), "--only", *files]
     for name, path in files.items():
         argv += ["--source", f"{name}={path}"]
     if data.main(argv) != 0:
         raise RuntimeError(f"python -m verl_erc.data {' '.join(argv)} failed")
-    return {"train": out_dir / "train.parquet", "val": out_dir / "val.parquet"}
+    val = []
+    for name, (schema, _) in HELDOUT.items():
+        converted = out_dir / f"{schema}.parquet"
+        val.append(pd.read_parquet(converted).assign(data_source=name))
+        converted.unlink()  # a file named for the real benchmark must not outlive the rename
+    paths = {"train": out_dir / "train.parquet", "val": out_dir / "val.parquet"}
+    pd.concat(val, ignore_index=True).to_parquet(paths["val"], index=False)
+    return paths

@@ -1,0 +1,13 @@
+"""Names of the training metrics verl-erc's replay buffer (:mod:`verl_erc.sampler`) logs beside verl's.
+
+A module of its own, importing nothing, so the trainer wiring (loaded while verl imports) and
+``python -m verl_erc.compare`` (which never imports verl) can name them.
+"""
+
+#: prompts dispatched for the step (its batch and every refill), logged every step of a bounded DAPO run
+GENERATED_PROMPTS = "training/filter_groups/generated_prompts"
+#: prompts the step's batch was short of when the bound was reached (the step trained on fewer)
+SHORT_BY_PROMPTS = "training/filter_groups/short_by_prompts"
+#: the filter metric (the recipes: ``acc``, math-verify's 0/1) averaged over every response the step generated,
+#: kept or dropped by DAPO's filter; verl's ``critic/score/mean`` is over the kept groups only
+ALL_GENERATED = "training/filter_groups/all_generated_mean"
