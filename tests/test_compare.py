@@ -6,7 +6,10 @@ laid out as recipes/_common.sh does: <recipe>-seed<N>/metrics/<launch>.jsonl and
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +21,8 @@ from verl.utils.tracking import Tracking
 
 from verl_erc.compare import main, pair_runs, run_labels
 from verl_erc.runlogs import RunLogError, load_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BASE, ERC = "dapo_7b-seed1", "erc_dapo_7b-seed1"
 LAUNCH = "20260101-000000"
@@ -270,3 +275,23 @@ def test_explicit_pair_on_the_command_line(runs, tmp_path):
 
 if __name__ == "__main__":
     print(write_fixture_runs(Path(sys.argv[1])))
+
+
+def test_the_laptop_study_report_is_regenerated_from_its_committed_metrics(tmp_path, monkeypatch):
+    """docs/laptop_study.md's command, rerun on the per-step metrics committed beside the page, writes the committed
+    report.md exactly (the page's figures are its tables) and the plots the page shows."""
+    page = ROOT / "docs" / "laptop_study.md"
+    command = next(line for line in page.read_text().splitlines() if line.startswith("python -m verl_erc.compare "))
+    monkeypatch.chdir(ROOT)  # the page's command runs from the repository's root
+    args = []
+    for word in shlex.split(command)[3:]:
+        args += sorted(glob.glob(word)) if "*" in word else [word]
+    committed = Path(args[args.index("--out") + 1])
+    args[args.index("--out") + 1] = str(tmp_path / "report")
+    assert len([a for a in args if a.endswith(".jsonl")]) == 10  # 5 seeds of each method
+    assert main(args) == 0
+    assert (tmp_path / "report" / "report.md").read_text() == (committed / "report.md").read_text()
+    written = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert written == {p.name for p in committed.glob("*.png")}
+    shown = re.findall(r"!\[[^\]]*\]\(laptop_study/([^)]+)\)", page.read_text())
+    assert shown and set(shown) <= written

@@ -245,7 +245,7 @@ def test_step_windows_table_the_tests_tally_and_the_plot_captions(seed_runs, tmp
     note = md.split("## How many tests")[1].split("##")[0]
     assert f"makes {tested.count('(p=')} two-sided t-tests" in note and tested.count("(p=") >= 4
     cells = "".join(line for line in tested.splitlines() if line.startswith("|"))
-    assert f"; {cells.count('†')} of them have p < 0.05" in note
+    assert f"with p < 0.05 in {cells.count('†')} of them" in note
     # seed groups: lines with a min-max band; validation at two steps as points with min-max bars
     assert "### Policy entropy\n\n![Policy entropy](entropy.png)\n\n*Each line: a group's mean over its seeds; shaded" in md
     assert "![aime24](val_aime24.png)\n\n*Each point: a group's mean over its seeds; bars: the min–max" in md

@@ -352,7 +352,7 @@ def tests_note(tests: list[Estimate]) -> str:
     below = sum(est.p < 1.0 - CONFIDENCE for est in tested)
     return (
         f"This report makes {len(tested)} two-sided t-tests (the Δ cells with a p-value; the best-step table is "
-        f"left out: it picks its steps); {below} of them have p < {1 - CONFIDENCE:.2g}. With no real difference "
+        f"left out: it picks its steps), with p < {1 - CONFIDENCE:.2g} in {below} of them. With no real difference "
         f"about {(1 - CONFIDENCE) * len(tested):.2g} of {len(tested)} would by chance, so read a lone "
         f"{SIGNIFICANT} as a hint, not a finding."
     )
@@ -502,7 +502,8 @@ def write_report(
             "them), else Welch's unpaired t (2 seeds or more each). "
             f"{SIGNIFICANT}: the interval of the difference excludes 0 (p < {1 - CONFIDENCE:.2g}), "
             "i.e. ERC's difference is outside the seed spread. Plots: a group's seed mean as a line, "
-            "the min–max over its seeds shaded.",
+            f"the min–max over its seeds shaded; validation at {POINTS_UP_TO} steps or fewer as points with "
+            "min–max bars.",
             "",
         ]
 
