@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -397,7 +398,7 @@ def two_nodes(tmp_path_factory):
     if started.returncode == 77:
         pytest.skip(f"two Slurm nodes need namespaces: {started.stderr.strip()}")
     assert started.returncode == 0, f"slurm did not start:\n{started.stdout}\n{started.stderr}"
-    namespaces = sorted(n for n in (work / "run" / "netns").read_text().split() if not n.endswith("sw"))
+    namespaces = sorted(n for n in (work / "run" / "netns").read_text().split() if re.search(r"n\d+$", n))
     try:
         yield work, namespaces
     finally:
@@ -425,20 +426,29 @@ def node_processes(namespace: str) -> list[str]:
     return [line for line in lines if not line.lstrip(": ").startswith(SLURM_PROCESSES)]
 
 
-def listening_ports(namespace: str) -> dict[int, str]:
-    """TCP port -> process name of every socket listening in a node (except on loopback), Slurm's left out."""
-    out = subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "ss", "-ltnpH"], capture_output=True, text=True,
+def listening_sockets(namespace: str) -> set[tuple[str, str, int]]:
+    """(process, address, port) of every TCP/UDP socket listening in a node except on loopback; the process named
+    by its title (``ray::WorkerDict``, ``VLLM::Worker``: Ray's and vLLM's process titles, cut at "." "(" "_"),
+    else its executable."""
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "ss", "-Hltunp"], capture_output=True, text=True,
                          check=True).stdout
-    ports = {}
+    found = set()
     for line in out.splitlines():
         fields = line.split()
-        address, port = fields[3].rsplit(":", 1)
-        name = re.search(r'\(\("([^"]+)"', line)
-        name = name.group(1) if name else "?"
-        if address.strip("[]").removeprefix("::ffff:").startswith("127.") or name.startswith(SLURM_PROCESSES):
-            continue
-        ports[int(port)] = name
-    return ports
+        address, port = fields[4].rsplit(":", 1)
+        address = address.strip("[]").removeprefix("::ffff:")
+        pid = re.search(r"pid=(\d+)", line)
+        title = (cmdline(pid.group(1)) or "?").split()[0] if pid else "?"
+        name = re.split(r"[.(]", title)[0] if title.startswith(("ray::", "VLLM::")) else Path(title).name
+        name = re.sub(r"_(TP|DP|PP|EP)\d.*$", "", name)
+        if not (address.startswith("127.") or address == "::1"):
+            found.add((name, address, int(port)))
+            SOCKET_COMMANDS[(name, address, int(port))] = (cmdline(pid.group(1)) or "?")[:300] if pid else "?"
+    return found
+
+
+#: the command line of each socket's process, as listening_sockets saw it (for a failing census)
+SOCKET_COMMANDS: dict[tuple[str, str, int], str] = {}
 
 
 def test_two_node_cluster_listens_on_the_documented_ports_only_and_refuses_a_client_without_the_token(two_node_job_env):
@@ -452,7 +462,8 @@ def test_two_node_cluster_listens_on_the_documented_ports_only_and_refuses_a_cli
 
     documented = {int(v) for k, v in RAY_PORTS.items() if "WORKER_PORT" not in k}
     workers = range(int(RAY_PORTS["ERC_RAY_MIN_WORKER_PORT"]), int(RAY_PORTS["ERC_RAY_MAX_WORKER_PORT"]) + 1)
-    head, worker = (listening_ports(ns) for ns in namespaces)
+    head, worker = ({port: name for name, _, port in listening_sockets(ns) if not name.startswith(SLURM_PROCESSES)}
+                    for ns in namespaces)
     for ports in (head, worker):
         assert {p: n for p, n in ports.items() if p not in documented and p not in workers} == {}, ports
     assert head[26379] == "gcs_server" and 8265 not in head  # the GCS on the head; no dashboard
@@ -535,40 +546,18 @@ def launch_steps(run_dir: Path) -> list[dict[int, dict]]:
     return launches
 
 
-@pytest.mark.cpu_e2e
-def listening_sockets(namespace: str) -> set[tuple[str, str, int]]:
-    """(process, address, port) of every TCP/UDP socket listening in a node except on loopback; the process named
-    by its title (``ray::WorkerDict``, ``VLLM::Worker``: Ray's and vLLM's process titles, cut at "." "(" "_"),
-    else its executable."""
-    out = subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "ss", "-Hltunp"], capture_output=True, text=True,
-                         check=True).stdout
-    found = set()
-    for line in out.splitlines():
-        fields = line.split()
-        address, port = fields[4].rsplit(":", 1)
-        address = address.strip("[]").removeprefix("::ffff:")
-        pid = re.search(r"pid=(\d+)", line)
-        title = (cmdline(pid.group(1)) or "?").split()[0] if pid else "?"
-        name = re.split(r"[.(]", title)[0] if title.startswith(("ray::", "VLLM::")) else Path(title).name
-        name = re.sub(r"_(TP|DP|PP|EP)\d.*$", "", name)
-        if not (address.startswith("127.") or address == "::1"):
-            found.add((name, address, int(port)))
-            SOCKET_COMMANDS[(name, address, int(port))] = (cmdline(pid.group(1)) or "?")[:300] if pid else "?"
-    return found
-
-
-#: the command line of each socket's process, as listening_sockets saw it (for a failing census)
-SOCKET_COMMANDS: dict[tuple[str, str, int], str] = {}
+def security_table() -> list[list[str]]:
+    """The cells of each row of docs/security.md's census table."""
+    section = (ROOT / "docs" / "security.md").read_text().split("## The sockets of a real two-node run")[1]
+    table = section.split("| process |", 1)[1].split("\n\n")[0]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()[2:]]
 
 
 def documented_sockets() -> list[tuple[list[str], list[range] | None]]:
     """The census table of docs/security.md: per row, its process names (fnmatch patterns, in backticks) and its
     ports (None: random)."""
-    section = (ROOT / "docs" / "security.md").read_text().split("## The sockets of a real two-node run")[1]
-    table = section.split("| process |", 1)[1].split("\n\n")[0]
     rows = []
-    for line in table.splitlines()[2:]:  # the header's rest and its |---| line first
-        process, _, ports, _ = [cell.strip() for cell in line.strip().strip("|").split("|")]
+    for process, _, ports, *_ in security_table():
         names = re.findall(r"`([^`]+)`", process)
         numbers = re.sub(r"\(`[^`]*`\)", "", ports)
         spans = [range(int(a), int(b) + 1) for a, b in re.findall(r"(\d{4,5})-(\d{4,5})", numbers)]
@@ -577,15 +566,36 @@ def documented_sockets() -> list[tuple[list[str], list[range] | None]]:
     return rows
 
 
+def table_row(name: str, port: int) -> int | None:
+    """The index of the first row of the census table that documents a socket of ``name`` on ``port``."""
+    return next((i for i, (names, ports) in enumerate(documented_sockets())
+                 if any(fnmatch.fnmatchcase(name, pattern) for pattern in names)
+                 and (ports is None or any(port in span for span in ports))), None)
+
+
 def undocumented(sockets: set[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    rows = documented_sockets()
-    return sorted((name, address, port) for name, address, port in sockets
-                  if not any(any(fnmatch.fnmatchcase(name, pattern) for pattern in names)
-                             and (ports is None or any(port in span for span in ports)) for names, ports in rows))
+    return sorted(socket for socket in sockets if table_row(socket[0], socket[2]) is None)
 
 
+OUTSIDE_PROBE = Path(__file__).parent / "slurm" / "outside_probe.py"
+WILDCARD = {"0.0.0.0", "*", "::"}
+
+
+def probe_from_outside(outside: str, targets: list[tuple[str, str, int]], workdir: Path) -> list[dict]:
+    """Run tests/slurm/outside_probe.py in the outside namespace (a host not in the job) on ``targets``."""
+    markers = workdir / "markers"
+    markers.mkdir(parents=True)
+    (workdir / "targets.json").write_text(json.dumps(targets))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(workdir)}
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{outside}", sys.executable, str(OUTSIDE_PROBE),
+                          str(workdir / "targets.json"), str(markers)], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.cpu_e2e
 def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resumes_and_ends_when_a_nodes_ray_dies(
-    rehearsal_job_env,
+    two_nodes, rehearsal_job_env,
 ):
     """The life of a run under Slurm with the real trainer: the time-limit signal (USR1) mid step 2 makes the
     trainer finish that step, checkpoint it (save_freq would not) and stop; the job requeues itself because the
@@ -606,12 +616,35 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     wait_for(lambda: 0 in (launch_steps(run_dir) or [{}])[0], 900, "the step-0 validation", log, (env, job))
     first_seen = {(address, port) for _, address, port in set().union(*(listening_sockets(ns) for ns in namespaces))}
     time.sleep(2)
-    census = {socket for socket in set().union(*(listening_sockets(ns) for ns in namespaces)) if socket[1:] in first_seen}
+    by_node = {ns: {socket for socket in listening_sockets(ns) if socket[1:] in first_seen} for ns in namespaces}
+    census = set().union(*by_node.values())
     assert {name for name, _, _ in census} >= {"gcs_server", "raylet", "ray::WorkerDict", "ray::vLLMHttpServer"}, census
     for socket in undocumented(census):
         print("undocumented socket:", socket, SOCKET_COMMANDS.get(socket))
     assert undocumented(census) == [], "undocumented sockets (printed above with their processes)"
+    # and a host outside the job (10.231.0.250 on the cluster's bridge) tries each of them while the run goes on
+    # (not the test cluster's own Slurm daemons)
+    outside = (two_nodes[0] / "outside_netns").read_text().strip()
+    targets = sorted((name, address if address not in WILDCARD else ip, port)
+                     for ns, ip in zip(namespaces, (HEAD, WORKER)) for name, address, port in by_node[ns]
+                     if name not in ("slurmctld", "slurmd"))
+    probing = ThreadPoolExecutor(1).submit(probe_from_outside, outside, targets, tmp / "outside")
     wait_for(lambda: 1 in (launch_steps(run_dir) or [{}])[0], 900, "step 1's metrics", log, (env, job))
+    probed = probing.result(timeout=300)
+    measured: dict[int, set[str]] = {}
+    for result in probed:
+        print("outside probe:", result)
+        measured.setdefault(table_row(result["process"], result["port"]), set()).add(result["result"])
+    # Ray's token refuses every call on Ray's gRPC ports; TransferQueue runs the outsider's pickled payload
+    assert {r["result"] for r in probed if r["kind"] == "grpc"} == {"gRPC UNAUTHENTICATED"}, probed
+    assert any(r["result"].startswith("payload ran") for r in probed if r["kind"] == "zmq"), probed
+    # vLLM's HTTP routes need the job's VLLM_API_KEY; the dashboard agent's job API needs Ray's token
+    assert {r["result"] for r in probed if r["kind"] == "vllm"} == {"GET /v1/models 401"}, probed
+    assert {r["result"] for r in probed if r["port"] == 26384} == {"GET / 401; POST /api/job_agent/jobs/ 401"}, probed
+    assert not list((tmp / "outside" / "markers").glob("job-*"))  # no job ran the outsider's entrypoint
+    # docs/security.md records what the probe got, per row of its table (the results in backticks)
+    documented = {i: set(re.findall(r"`([^`]+)`", row[4])) for i, row in enumerate(security_table())}
+    assert {i: results - documented[i] for i, results in measured.items() if results - documented[i]} == {}
     assert not list(checkpoints.glob("global_step_*"))  # save_freq=100: no checkpoint of its own
 
     # the time-limit signal (submit.sh: --signal=B:USR1@margin) during step 2

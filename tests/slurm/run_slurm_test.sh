@@ -10,7 +10,8 @@
 # own address (10.231.0.N/24, which exists only inside these namespaces), UTS namespace (hostname
 # nodeN) and mount namespace (a private /dev/shm, and a private tmpfs on the folder named in
 # WORKDIR/node_tmp, an /etc/hosts naming every node), joined by a bridge in one more namespace: the
-# machine's own network is not touched. Each node has ERC_TEST_NODE_CPUS (8) logical CPUs and one
+# machine's own network is not touched. One more namespace on the bridge, 10.231.0.250 (named in
+# WORKDIR/outside_netns), is a host outside the cluster: no Slurm, no job; the tests probe a job from it. Each node has ERC_TEST_NODE_CPUS (8) logical CPUs and one
 # logical GPU (gres gpu:1 without a device), what the CPU backend trains one process with.
 # slurmctld runs on node1; clients reach it through WORKDIR/bin (sbatch, squeue, sinfo, scontrol,
 # scancel, entering node1's network namespace): put WORKDIR/bin first in PATH.
@@ -190,6 +191,15 @@ else
             mount --bind $work/etc/hosts /etc/hosts
             $daemons"
     done
+    outside="${netns_prefix}out"  # a host on the cluster's network that is not in the job
+    ip netns add "$outside"
+    echo "$outside" >>"$work/run/netns"
+    ip -n "$switch" link add vout type veth peer name eth0 netns "$outside"
+    ip -n "$switch" link set vout master br0 up
+    ip -n "$outside" addr add 10.231.0.250/24 dev eth0
+    ip -n "$outside" link set eth0 up
+    ip -n "$outside" link set lo up
+    echo "$outside" >"$work/outside_netns"
     for client in sbatch squeue sinfo scontrol scancel; do
         printf '#!/bin/sh\nexec nsenter --net=/run/netns/%s %s "$@"\n' "${netns_prefix}n1" "$(command -v "$client")" >"$work/bin/$client"
         chmod +x "$work/bin/$client"

@@ -1,0 +1,176 @@
+"""A host outside the job tries each listening socket of a running job (run inside the test's outside network
+namespace, tests/slurm/run_slurm_test.sh): ``python outside_probe.py TARGETS.json MARKERS_DIR``.
+
+TARGETS.json is a list of ``[process, address, port]`` (the address a peer connects to). Per socket, by what
+the process is (:func:`kind`), it tries what a peer without the job's token could:
+
+- ``grpc`` (Ray's GCS, raylet, object manager, agents' gRPC, client server, core workers): a read-only or
+  empty unary call of a method the port's service has (:data:`RAY_GRPC_METHODS`), without the token; the
+  result is the gRPC status (``UNAUTHENTICATED``: Ray's token check refused it).
+- ``http`` (the dashboard agent's HTTP, the runtime-env agent, Ray's metrics endpoints): ``GET /``; on the
+  dashboard agent also a job submission (``POST /api/job_agent/jobs/``) whose entrypoint would write a marker.
+- ``vllm`` (verl's vLLM HTTP server): ``GET /v1/models``, then a completion request.
+- ``zmq`` (verl's TransferQueue): a request whose payload, if unpickled, writes a marker file
+  ``MARKERS_DIR/zmq-<address>-<port>``; the result says whether it ran.
+- ``tcp`` (vLLM's engine queues, torch.distributed's store and gloo, Slurm's I/O): a TCP connection only; the
+  probe sends nothing that could break the run.
+
+Prints one JSON list: the targets with their ``kind`` and ``result``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+#: Ray's ports of the Slurm tests' jobs that speak HTTP (agent HTTP, runtime-env agent, metrics endpoints)
+RAY_HTTP_PORTS = {26382, 26384, 26385, 26387, 26388}
+RAY_FIXED_PORTS = range(26379, 26389)
+RAY_WORKER_PORTS = range(27000, 27500)
+#: per Ray port of the tests' jobs, a method of its gRPC service that reads, or changes nothing on an empty request;
+#: the other Ray ports are core workers
+RAY_GRPC_METHODS = {
+    26379: "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",  # GCS
+    26380: "/ray.rpc.NodeManagerService/GetSystemConfig",  # raylet
+    26381: "/ray.rpc.ObjectManagerService/Pull",  # object manager (no object named)
+    26383: "/ray.rpc.ReporterService/HealthCheck",  # dashboard agent
+    26386: "/ray.rpc.RayletDriver/ClusterInfo",  # Ray client server
+}
+CORE_WORKER_METHOD = "/ray.rpc.CoreWorkerService/NumPendingTasks"
+#: the dashboard agent's HTTP port in the tests' jobs (its job API)
+AGENT_HTTP_PORT = 26384
+SENTINEL = b"\xc1\xfe\xed"  # transfer_queue's pickle-fallback marker frame (serial_utils._PICKLE_FALLBACK_SENTINEL)
+
+
+def kind(process: str, port: int) -> str:
+    """How to probe a socket of ``process`` on ``port``."""
+    if port in RAY_HTTP_PORTS:
+        return "http"
+    if port in RAY_FIXED_PORTS or port in RAY_WORKER_PORTS:
+        return "grpc"
+    if process == "ray::vLLMHttpServer":
+        return "vllm"
+    if process.startswith(("ray::TransferQueue", "ray::SimpleStorage")):
+        return "zmq"
+    return "tcp"
+
+
+def tcp(address: str, port: int) -> str:
+    try:
+        socket.create_connection((address, port), timeout=3).close()
+        return "connected"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as err:
+        return f"no connection ({type(err).__name__})"
+
+
+def grpc_call(address: str, port: int) -> str:
+    import grpc
+
+    with grpc.insecure_channel(f"{address}:{port}") as channel:
+        call = channel.unary_unary(RAY_GRPC_METHODS.get(port, CORE_WORKER_METHOD))
+        try:
+            call(b"", timeout=5)
+            return "gRPC call answered (OK)"
+        except grpc.RpcError as err:
+            return f"gRPC {err.code().name}"
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[str, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(response.status), response.read()
+    except urllib.error.HTTPError as err:
+        return str(err.code), err.read()
+    except (OSError, ValueError) as err:  # not HTTP, reset, timed out
+        return f"no HTTP answer ({type(err).__name__})", b""
+
+
+def ray_http(address: str, port: int, markers: Path) -> str:
+    status, _ = http("GET", f"http://{address}:{port}/")
+    result = f"GET / {status}"
+    if port == AGENT_HTTP_PORT:
+        marker = markers / f"job-{address}-{port}"
+        status, _ = http("POST", f"http://{address}:{port}/api/job_agent/jobs/",
+                         {"entrypoint": f"touch {marker}", "submission_id": f"outside-{port}"})
+        result += f"; POST /api/job_agent/jobs/ {status}"
+    return result
+
+
+def vllm(address: str, port: int) -> str:
+    status, body = http("GET", f"http://{address}:{port}/v1/models")
+    result = f"GET /v1/models {status}"
+    if status == "200":
+        model = json.loads(body)["data"][0]["id"]
+        status, body = http("POST", f"http://{address}:{port}/v1/completions",
+                            {"model": model, "prompt": "What is 3 * 1?", "max_tokens": 4})
+        generated = status == "200" and bool(json.loads(body).get("choices"))
+        result += f"; POST /v1/completions {status}" + (" (generated text)" if generated else "")
+    return result
+
+
+class _Payload:
+    """Unpickled, it writes its marker file: what any code of a peer could do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def zmq_request(address: str, port: int, markers: Path) -> str:
+    import zmq
+
+    marker = markers / f"zmq-{address}-{port}"
+    context = zmq.Context.instance()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(f"tcp://{address}:{port}")
+        dealer.send_multipart([SENTINEL, pickle.dumps(_Payload(marker))])
+        answered = bool(dealer.poll(3000))
+    finally:
+        dealer.close()
+    for _ in range(20):  # the payload runs as the request is decoded; the answer may come first
+        if marker.exists():
+            break
+        time.sleep(0.1)
+    return ("payload ran" if marker.exists() else "payload did not run") + ("; answered" if answered else "; no answer")
+
+
+def probe(process: str, address: str, port: int, markers: Path) -> tuple[str, str]:
+    how = kind(process, port)
+    reached = tcp(address, port)
+    if reached != "connected" or how == "tcp":
+        return how, reached
+    if how == "grpc":
+        return how, grpc_call(address, port)
+    if how == "http":
+        return how, ray_http(address, port, markers)
+    if how == "vllm":
+        return how, vllm(address, port)
+    return how, zmq_request(address, port, markers)
+
+
+def main(targets_file: str, markers_dir: str) -> int:
+    markers = Path(markers_dir)
+    results = []
+    for process, address, port in json.loads(Path(targets_file).read_text()):
+        how, result = probe(process, address, port, markers)
+        results.append({"process": process, "address": address, "port": port, "kind": how, "result": result})
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
