@@ -582,10 +582,11 @@ WILDCARD = {"0.0.0.0", "*", "::"}
 
 
 def probe_from_outside(outside: str, targets: list[tuple[str, str, int]], workdir: Path) -> list[dict]:
-    """Run tests/slurm/outside_probe.py in the outside namespace (a host not in the job) on ``targets``."""
+    """Run tests/slurm/outside_probe.py in the outside namespace (a host not in the job) on ``targets``, the job's
+    Ray ports named as the launcher names them (RAY_PORTS)."""
     markers = workdir / "markers"
     markers.mkdir(parents=True)
-    (workdir / "targets.json").write_text(json.dumps(targets))
+    (workdir / "targets.json").write_text(json.dumps({"ray_ports": RAY_PORTS, "sockets": targets}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(workdir)}
     out = subprocess.run(["nsenter", f"--net=/run/netns/{outside}", sys.executable, str(OUTSIDE_PROBE),
                           str(workdir / "targets.json"), str(markers)], capture_output=True, text=True, timeout=300, env=env)
@@ -640,7 +641,8 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     assert any(r["result"].startswith("payload ran") for r in probed if r["kind"] == "zmq"), probed
     # vLLM's HTTP routes need the job's VLLM_API_KEY; the dashboard agent's job API needs Ray's token
     assert {r["result"] for r in probed if r["kind"] == "vllm"} == {"GET /v1/models 401"}, probed
-    assert {r["result"] for r in probed if r["port"] == 26384} == {"GET / 401; POST /api/job_agent/jobs/ 401"}, probed
+    agent_http = int(RAY_PORTS["ERC_RAY_AGENT_HTTP_PORT"])
+    assert {r["result"] for r in probed if r["port"] == agent_http} == {"GET / 401; POST /api/job_agent/jobs/ 401"}, probed
     assert not list((tmp / "outside" / "markers").glob("job-*"))  # no job ran the outsider's entrypoint
     # docs/security.md records what the probe got, per row of its table (the results in backticks)
     documented = {i: set(re.findall(r"`([^`]+)`", row[4])) for i, row in enumerate(security_table())}

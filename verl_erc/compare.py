@@ -415,20 +415,21 @@ def _points(ax, series: list[pd.Series], color, label: str, offset: float) -> No
 
 def plot_benchmark(groups: list[Group], vals: dict[str, Validation], bench: str, path: Path) -> bool:
     """Validation score x100 of ``bench`` over training steps, one line (and seed band) per group; with at most
-    :data:`POINTS_UP_TO` validation steps, points (and min–max bars), side by side."""
+    :data:`POINTS_UP_TO` validation steps, points (and min–max bars), side by side. True if drawn as points."""
     keys = sorted({val.keys[bench] for val in vals.values() if bench in val.keys})
     fig, ax = _figure(f"{bench}: {', '.join(k.split('/', 2)[2] for k in keys)}", "score ×100")
     steps = {step for val in vals.values() if bench in val.scores for step in val.scores[bench].dropna().index}
     width = (max(steps) - min(steps) or 1) * 0.01 if steps else 0
+    points = len(steps) <= POINTS_UP_TO
     for i, group in enumerate(groups):
         series = [100 * s for s in _logged([vals[run.label].scores for run in group.runs.values()], bench)]
-        if series and len(steps) <= POINTS_UP_TO:
+        if series and points:
             _points(ax, series, _color(i), group.label, (i - (len(groups) - 1) / 2) * width)
         elif series:
             _draw(ax, series, _color(i), group.label, marker="o")
     ax.legend(fontsize="small")
     fig.savefig(path)
-    return True
+    return points
 
 
 def plot_caption(groups: list[Group], points: bool = False) -> str:
@@ -569,8 +570,7 @@ def write_report(
             missing += list(lines)
     for bench in benches:
         filename = "val_" + re.sub(r"[^A-Za-z0-9._-]+", "_", bench) + ".png"
-        plot_benchmark(groups, vals, bench, out / filename)
-        points = max(len(val.scores[bench].dropna()) for val in vals.values() if bench in val.scores) <= POINTS_UP_TO
+        points = plot_benchmark(groups, vals, bench, out / filename)
         md += [f"### Validation: {bench}", "", f"![{bench}]({filename})", "", plot_caption(groups, points), ""]
     if missing:
         md += ["Not logged by any run (no plot): " + ", ".join(f"`{k}`" for k in missing), ""]

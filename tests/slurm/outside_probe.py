@@ -1,11 +1,12 @@
 """A host outside the job tries each listening socket of a running job (run inside the test's outside network
 namespace, tests/slurm/run_slurm_test.sh): ``python outside_probe.py TARGETS.json MARKERS_DIR``.
 
-TARGETS.json is a list of ``[process, address, port]`` (the address a peer connects to). Per socket, by what
-the process is (:func:`kind`), it tries what a peer without the job's token could:
+TARGETS.json holds ``ray_ports``, the job's Ray ports by the launcher's names (``ERC_RAY_PORT``: ...), and
+``sockets``, a list of ``[process, address, port]`` (the address a peer connects to). Per socket, by its Ray
+role or its process (:func:`kind`), it tries what a peer without the job's token could:
 
 - ``grpc`` (Ray's GCS, raylet, object manager, agents' gRPC, client server, core workers): a read-only or
-  empty unary call of a method the port's service has (:data:`RAY_GRPC_METHODS`), without the token; the
+  empty unary call of a method the port's service has (:data:`GRPC_METHODS`), without the token; the
   result is the gRPC status (``UNAUTHENTICATED``: Ray's token check refused it).
 - ``http`` (the dashboard agent's HTTP, the runtime-env agent, Ray's metrics endpoints): ``GET /``; on the
   dashboard agent also a job submission (``POST /api/job_agent/jobs/``) whose entrypoint would write a marker.
@@ -29,30 +30,28 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-#: Ray's ports of the Slurm tests' jobs that speak HTTP (agent HTTP, runtime-env agent, metrics endpoints)
-RAY_HTTP_PORTS = {26382, 26384, 26385, 26387, 26388}
-RAY_FIXED_PORTS = range(26379, 26389)
-RAY_WORKER_PORTS = range(27000, 27500)
-#: per Ray port of the tests' jobs, a method of its gRPC service that reads, or changes nothing on an empty request;
-#: the other Ray ports are core workers
-RAY_GRPC_METHODS = {
-    26379: "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",  # GCS
-    26380: "/ray.rpc.NodeManagerService/GetSystemConfig",  # raylet
-    26381: "/ray.rpc.ObjectManagerService/Pull",  # object manager (no object named)
-    26383: "/ray.rpc.ReporterService/HealthCheck",  # dashboard agent
-    26386: "/ray.rpc.RayletDriver/ClusterInfo",  # Ray client server
+#: the Ray ports (by the launcher's names) that speak HTTP: agent HTTP, runtime-env agent, metrics endpoints
+HTTP_ROLES = {"ERC_RAY_METRICS_PORT", "ERC_RAY_AGENT_HTTP_PORT", "ERC_RAY_RUNTIME_ENV_PORT",
+              "ERC_RAY_AUTOSCALER_METRICS_PORT", "ERC_RAY_DASHBOARD_METRICS_PORT"}
+#: per Ray port, a method of its gRPC service that reads, or changes nothing on an empty request; the ports of
+#: the worker range are core workers (:data:`CORE_WORKER_METHOD`)
+GRPC_METHODS = {
+    "ERC_RAY_PORT": "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",  # GCS
+    "ERC_RAY_NODE_MANAGER_PORT": "/ray.rpc.NodeManagerService/GetSystemConfig",  # raylet
+    "ERC_RAY_OBJECT_MANAGER_PORT": "/ray.rpc.ObjectManagerService/Pull",  # object manager (no object named)
+    "ERC_RAY_AGENT_GRPC_PORT": "/ray.rpc.ReporterService/HealthCheck",  # dashboard agent
+    "ERC_RAY_CLIENT_PORT": "/ray.rpc.RayletDriver/ClusterInfo",  # Ray client server
 }
 CORE_WORKER_METHOD = "/ray.rpc.CoreWorkerService/NumPendingTasks"
-#: the dashboard agent's HTTP port in the tests' jobs (its job API)
-AGENT_HTTP_PORT = 26384
 SENTINEL = b"\xc1\xfe\xed"  # transfer_queue's pickle-fallback marker frame (serial_utils._PICKLE_FALLBACK_SENTINEL)
 
 
-def kind(process: str, port: int) -> str:
-    """How to probe a socket of ``process`` on ``port``."""
-    if port in RAY_HTTP_PORTS:
+def kind(process: str, role: str | None) -> str:
+    """How to probe a socket of ``process`` whose port has the Ray ``role`` (a launcher's port name, ``worker`` for
+    the worker range, None for none)."""
+    if role in HTTP_ROLES:
         return "http"
-    if port in RAY_FIXED_PORTS or port in RAY_WORKER_PORTS:
+    if role is not None:
         return "grpc"
     if process == "ray::vLLMHttpServer":
         return "vllm"
@@ -71,11 +70,11 @@ def tcp(address: str, port: int) -> str:
         return f"no connection ({type(err).__name__})"
 
 
-def grpc_call(address: str, port: int) -> str:
+def grpc_call(address: str, port: int, role: str) -> str:
     import grpc
 
     with grpc.insecure_channel(f"{address}:{port}") as channel:
-        call = channel.unary_unary(RAY_GRPC_METHODS.get(port, CORE_WORKER_METHOD))
+        call = channel.unary_unary(GRPC_METHODS.get(role, CORE_WORKER_METHOD))
         try:
             call(b"", timeout=5)
             return "gRPC call answered (OK)"
@@ -95,10 +94,10 @@ def http(method: str, url: str, body: dict | None = None) -> tuple[str, bytes]:
         return f"no HTTP answer ({type(err).__name__})", b""
 
 
-def ray_http(address: str, port: int, markers: Path) -> str:
+def ray_http(address: str, port: int, role: str, markers: Path) -> str:
     status, _ = http("GET", f"http://{address}:{port}/")
     result = f"GET / {status}"
-    if port == AGENT_HTTP_PORT:
+    if role == "ERC_RAY_AGENT_HTTP_PORT":  # the dashboard agent's job API
         marker = markers / f"job-{address}-{port}"
         status, _ = http("POST", f"http://{address}:{port}/api/job_agent/jobs/",
                          {"entrypoint": f"touch {marker}", "submission_id": f"outside-{port}"})
@@ -148,25 +147,34 @@ def zmq_request(address: str, port: int, markers: Path) -> str:
     return ("payload ran" if marker.exists() else "payload did not run") + ("; answered" if answered else "; no answer")
 
 
-def probe(process: str, address: str, port: int, markers: Path) -> tuple[str, str]:
-    how = kind(process, port)
+def probe(process: str, address: str, port: int, role: str | None, markers: Path) -> tuple[str, str]:
+    how = kind(process, role)
     reached = tcp(address, port)
     if reached != "connected" or how == "tcp":
         return how, reached
     if how == "grpc":
-        return how, grpc_call(address, port)
+        return how, grpc_call(address, port, role)
     if how == "http":
-        return how, ray_http(address, port, markers)
+        return how, ray_http(address, port, role, markers)
     if how == "vllm":
         return how, vllm(address, port)
     return how, zmq_request(address, port, markers)
 
 
+def ray_roles(ray_ports: dict[str, str]) -> dict[int, str]:
+    """Port -> its launcher's name, the worker range's ports -> ``worker``."""
+    roles = {int(port): name for name, port in ray_ports.items() if "_WORKER_PORT" not in name}
+    workers = range(int(ray_ports["ERC_RAY_MIN_WORKER_PORT"]), int(ray_ports["ERC_RAY_MAX_WORKER_PORT"]) + 1)
+    return roles | dict.fromkeys(workers, "worker")
+
+
 def main(targets_file: str, markers_dir: str) -> int:
     markers = Path(markers_dir)
+    targets = json.loads(Path(targets_file).read_text())
+    roles = ray_roles(targets["ray_ports"])
     results = []
-    for process, address, port in json.loads(Path(targets_file).read_text()):
-        how, result = probe(process, address, port, markers)
+    for process, address, port in targets["sockets"]:
+        how, result = probe(process, address, port, roles.get(port), markers)
         results.append({"process": process, "address": address, "port": port, "kind": how, "result": result})
     print(json.dumps(results))
     return 0

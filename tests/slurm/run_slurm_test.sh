@@ -11,7 +11,8 @@
 # nodeN) and mount namespace (a private /dev/shm, and a private tmpfs on the folder named in
 # WORKDIR/node_tmp, an /etc/hosts naming every node), joined by a bridge in one more namespace: the
 # machine's own network is not touched. One more namespace on the bridge, 10.231.0.250 (named in
-# WORKDIR/outside_netns), is a host outside the cluster: no Slurm, no job; the tests probe a job from it. Each node has ERC_TEST_NODE_CPUS (8) logical CPUs and one
+# WORKDIR/outside_netns), is a host outside the cluster: no Slurm, no job; the tests probe a job from it.
+# Each node has ERC_TEST_NODE_CPUS (8) logical CPUs and one
 # logical GPU (gres gpu:1 without a device), what the CPU backend trains one process with.
 # slurmctld runs on node1; clients reach it through WORKDIR/bin (sbatch, squeue, sinfo, scontrol,
 # scancel, entering node1's network namespace): put WORKDIR/bin first in PATH.
