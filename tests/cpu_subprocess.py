@@ -57,6 +57,30 @@ def run_cpu_script(script: str, *, timeout: float = 600, env: dict[str, str] | N
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_cpu_ranks(script: str, world_size: int, *, timeout: float = 600, env: dict[str, str] | None = None) -> dict:
+    """Run ``script`` as ``world_size`` ranks of one gloo group (a process each, ``VERL_PLATFORM=cpu``) and
+    return rank 0's JSON (its last stdout line); every rank must exit 0."""
+    skip_if_gpu_visible()
+    port = str(free_port())
+    procs = []
+    for rank in range(world_size):
+        child_env = {**os.environ, "VERL_PLATFORM": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                     "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), **(env or {})}
+        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=child_env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for proc in procs:
+            results.append(proc.communicate(timeout=timeout))
+    finally:
+        for proc in procs:
+            proc.kill()
+    for rank, (proc, (out, err)) in enumerate(zip(procs, results)):
+        if proc.returncode != 0:
+            raise AssertionError(f"rank {rank} of {world_size} failed ({proc.returncode}):\n{out[-4000:]}\n{err[-8000:]}")
+    return json.loads(results[0][0].strip().splitlines()[-1])
+
+
 @contextmanager
 def removes_new_shm():
     """Around a child run (serial tests only): remove the ``/dev/shm`` files it created and left unmapped.

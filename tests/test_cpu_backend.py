@@ -41,7 +41,7 @@ report["comm_backend"] = get_nccl_backend()
 report["ray_resource"] = platform.ray_resource_name()
 lm_cls = EngineRegistry.get_engine_cls("language_model", "fsdp2")
 report["lm_engine"] = lm_cls.__name__
-report["lm_engine_mro"] = [c.__name__ for c in lm_cls.__mro__[:3]]
+report["lm_engine_mro"] = [c.__name__ for c in lm_cls.__mro__[:4]]
 report["value_engine"] = EngineRegistry.get_engine_cls("value_model", "fsdp2").__name__
 adapter, replica = get_rollout_class("vllm", "async"), RolloutReplicaRegistry.get("vllm")
 report["rollout_adapter"] = f"{adapter.__module__}.{adapter.__qualname__}"
@@ -155,7 +155,7 @@ def test_cpu_platform_selected_by_env(report):
 
 def test_registries_resolve_the_cpu_pieces(report):
     assert report["lm_engine"] == "CPUFSDPEngineWithLMHead"
-    assert report["lm_engine_mro"] == ["CPUFSDPEngineWithLMHead", "ErcEntropyMixin", "FSDPEngineWithLMHead"]
+    assert report["lm_engine_mro"] == ["CPUFSDPEngineWithLMHead", "AlignedOldPassMixin", "ErcEntropyMixin", "FSDPEngineWithLMHead"]
     assert report["value_engine"] == "CPUFSDPEngineWithValueHead"
     # the rollout is verl's own vLLM rollout: nothing of ours is registered for it
     assert report["rollout_adapter"] == "verl.workers.rollout.vllm_rollout.vllm_rollout.ServerAdapter"

@@ -57,6 +57,17 @@ def test_each_cpu_problem_is_named_with_its_fix(override, named):
         assert cpu_config_problems(rehearsal_config(override, *extra, "critic.strategy=fsdp2")) == []
 
 
+def test_ulysses_is_refused_where_the_cpu_backend_would_compute_it_wrong():
+    sp2 = ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "trainer.n_gpus_per_node=2",
+           "ray_kwargs.ray_init.num_cpus=9"]
+    assert cpu_config_problems(rehearsal_config(*sp2)) == []  # sdpa on packed sequences: verl_erc.cpu.attention
+    problems = cpu_config_problems(rehearsal_config(*sp2, "actor_rollout_ref.model.override_config.attn_implementation=eager"))
+    assert len(problems) == 1 and "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2 with" in problems[0], problems
+    problems = cpu_config_problems(rehearsal_config(*sp2, "actor_rollout_ref.model.use_remove_padding=false"))
+    assert problems == ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2 needs "
+                        "actor_rollout_ref.model.use_remove_padding=true (verl slices the packed sequence)"], problems
+
+
 @pytest.mark.parametrize(
     "overrides, named",
     [

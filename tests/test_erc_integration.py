@@ -411,3 +411,30 @@ def test_onpolicy_clipfrac_is_logged_on_the_steps_first_mini_batch_only():
     tu.assign_non_tensor(batch, **{ERC_ONPOLICY_FLAG: True})
     _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
     assert metrics["actor/erc_clipfrac_onpolicy"].aggregate() == metrics["actor/erc_clipfrac"].aggregate()
+
+
+def test_onpolicy_maxdiffs_are_the_largest_response_token_differences_of_the_first_mini_batch():
+    """actor/erc_onpolicy_{logprob,entropy}_maxdiff: max |old - new| over response tokens, MAX over micro-batches."""
+    from verl_erc.losses import ERC_ONPOLICY_FLAG
+    from verl_erc.metric_keys import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
+
+    _, engine, batch = off_policy_setup()
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert ONPOLICY_LOGPROB_MAXDIFF not in metrics and ONPOLICY_ENTROPY_MAXDIFF not in metrics  # not the first
+    tu.assign_non_tensor(batch, **{ERC_ONPOLICY_FLAG: True})
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    padded = batch.select("response_mask", "entropy", "old_log_probs").to_padded_tensor()
+    mask = padded["response_mask"].bool()
+    new_log_prob = no_padding_2_padding(out["log_probs"], batch).detach()
+    new_entropy = no_padding_2_padding(out["erc_entropy"], batch)
+    expected_lp = (padded["old_log_probs"] - new_log_prob).abs()[mask].max().item()
+    expected_h = (padded["entropy"] - new_entropy).abs()[mask].max().item()
+    assert expected_lp > 0 and expected_h > 0  # the policy moved: the test has teeth
+    assert metrics[ONPOLICY_LOGPROB_MAXDIFF].aggregation == AggregationType.MAX
+    assert metrics[ONPOLICY_LOGPROB_MAXDIFF].aggregate() == expected_lp
+    assert metrics[ONPOLICY_ENTROPY_MAXDIFF].aggregate() == expected_h
+    # a micro-batch without response tokens (verl's padding samples) reports 0, the neutral value of MAX
+    batch["response_mask"] = nested([torch.zeros(n, dtype=torch.int64) for n in RESPONSE_LENS])
+    _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
+    assert metrics[ONPOLICY_LOGPROB_MAXDIFF].aggregate() == 0.0 == metrics[ONPOLICY_ENTROPY_MAXDIFF].aggregate()

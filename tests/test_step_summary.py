@@ -12,6 +12,8 @@ def test_summary_has_reward_lengths_dynamic_sampling_entropy_and_both_clip_fract
         "actor/erc_clipfrac_high": 0.125,
         "actor/erc_clipfrac_low": 0.125,
         "actor/erc_clipfrac_onpolicy": 0.0,
+        "actor/erc_onpolicy_logprob_maxdiff": 0.0,
+        "actor/erc_onpolicy_entropy_maxdiff": 0.0001234,
         "timing_s/step": 3.94,
         "response_length/mean": 17.25,
         "response_length/clip_ratio": 0.125,
@@ -23,7 +25,7 @@ def test_summary_has_reward_lengths_dynamic_sampling_entropy_and_both_clip_fract
     }
     assert step_summary(metrics, 3, 20) == (
         "verl_erc step 3/20 | reward 0.500 | acc_all 0.312 | resp_len 17.2 | at_limit 0.125 | groups_dropped 6 | entropy 1.235 | "
-        "pg_clipfrac 0.0625 | erc_clipfrac 0.2500 | onpolicy 0.0000 | high 0.1250 | low 0.1250 | step_s 3.9 | val-core/aime24/acc/mean@32 0.750"
+        "pg_clipfrac 0.0625 | erc_clipfrac 0.2500 | onpolicy 0.0000 | dlogp0 0 | dH0 0.000123 | high 0.1250 | low 0.1250 | step_s 3.9 | val-core/aime24/acc/mean@32 0.750"
     )
 
 

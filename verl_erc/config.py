@@ -23,6 +23,7 @@ from verl.base_config import BaseConfig
 from verl.workers.config import FSDPActorConfig
 
 from verl_erc.after_import import FAILED
+from verl_erc.old_pass import OLD_PASS_MODES
 
 ERC_KEY = "actor_rollout_ref.actor.erc"
 
@@ -87,6 +88,13 @@ class ErcConfig(BaseConfig):
             0 (default): the paper's eq. 9 exactly. See docs/erc_noise_floor.md for measured values.
         entropy_chunk_size: rows of logits per chunk when computing the current entropy
             without an autograd graph (memory: one ``[chunk x vocab]`` block).
+        old_pass: how the old-policy pass packs the batch. ``aligned`` (default): on the update's own
+            micro-batches (same mini-batch split, shuffle, token budget and entropy function,
+            :mod:`verl_erc.old_pass`), so at theta = theta_old both passes compute bit-identical
+            log-probs and entropies and ERC clips policy drift only. ``verl``: verl's own packing
+            (``rollout.log_prob_max_token_len_per_gpu``), as the paper's official code ran: on GPUs in
+            bf16 the kernels then differ between the passes and ERC also clips rounding
+            (docs/erc_noise_floor.md).
         analysis: token-level analysis output (see :class:`ErcAnalysisConfig`).
     """
 
@@ -96,6 +104,7 @@ class ErcConfig(BaseConfig):
     entropy_eps: float = 1e-6
     entropy_atol: float = 0.0
     entropy_chunk_size: int = 256
+    old_pass: str = "aligned"
     analysis: ErcAnalysisConfig = field(default_factory=ErcAnalysisConfig)
 
     def __post_init__(self):
@@ -120,6 +129,8 @@ class ErcConfig(BaseConfig):
             raise ErcConfigError(f"{ERC_KEY}.entropy_atol must be >= 0 (nats), got {self.entropy_atol}")
         if self.entropy_chunk_size < 1:
             raise ErcConfigError(f"{ERC_KEY}.entropy_chunk_size must be >= 1, got {self.entropy_chunk_size}")
+        if self.old_pass not in OLD_PASS_MODES:
+            raise ErcConfigError(f"{ERC_KEY}.old_pass must be one of {', '.join(OLD_PASS_MODES)}, got {self.old_pass!r}")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
 from verl_erc.config import ERC_KEY
+from verl_erc.metric_keys import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
 
 #: model_output key under which the entropy hook (verl_erc.entropy_hook) puts the current entropy.
 CURRENT_ENTROPY_KEY = "erc_entropy"
@@ -144,6 +145,13 @@ RATIO_CLIP = 2.0
 NEGATIVE_ENTROPY_ATOL = 1e-3
 
 
+def onpolicy_maxdiff(old: torch.Tensor, new: torch.Tensor, response_mask: torch.Tensor) -> Metric:
+    """max |old - new| over response tokens (0 with none), MAX-aggregated: on the step's first mini-batch,
+    where theta = theta_old, 0 means the old pass and the update computed bit-identical values."""
+    diff = (old.float() - new.float()).abs()[response_mask.bool()]
+    return Metric(AggregationType.MAX, diff.max().item() if diff.numel() else 0.0)
+
+
 def erc_metrics(ratio, keep, kept_by_atol, clamped, response_mask, beta_low, beta_high, batch_num_tokens: int,
                 dp_size: int, onpolicy: bool):
     """ERC's metrics for one micro-batch, aggregated by verl into exact token fractions of the mini-batch.
@@ -248,6 +256,14 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
     new_entropy = no_padding_2_padding(model_output[CURRENT_ENTROPY_KEY], data).float()
     if new_entropy.shape != old_entropy.shape:
         raise ErcInputError(f"ERC entropy shapes differ: current {tuple(new_entropy.shape)} vs old {tuple(old_entropy.shape)}")
+    onpolicy = bool(tu.get_non_tensor_data(data=data, key=ERC_ONPOLICY_FLAG, default=False))
+    if onpolicy:  # theta = theta_old: any difference between the passes is numerics, not policy drift
+        old_log_prob = data.select("old_log_probs").to_padded_tensor()["old_log_probs"]
+        onpolicy_diffs = {
+            ONPOLICY_LOGPROB_MAXDIFF: onpolicy_maxdiff(
+                old_log_prob, no_padding_2_padding(model_output["log_probs"], data).detach(), response_mask),
+            ONPOLICY_ENTROPY_MAXDIFF: onpolicy_maxdiff(old_entropy, new_entropy, response_mask),
+        }
     old_entropy, old_clamped = checked_entropy(old_entropy, response_mask, "old-policy (verl's old-log-prob pass)")
     new_entropy, new_clamped = checked_entropy(new_entropy, response_mask, "current (the update's forward pass)")
 
@@ -279,11 +295,12 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
         )
         loss = loss + config.kl_loss_coef * restore
 
-    onpolicy = bool(tu.get_non_tensor_data(data=data, key=ERC_ONPOLICY_FLAG, default=False))
     metrics.update(
         erc_metrics(ratio, keep, kept_by_atol, old_clamped | new_clamped, response_mask, erc.beta_low, erc.beta_high,
                     data["batch_num_tokens"], data["dp_size"], onpolicy)
     )
+    if onpolicy:
+        metrics.update(onpolicy_diffs)
     if erc.analysis.enable:
         from verl_erc.analysis import record_tokens
 

@@ -1,4 +1,4 @@
-"""Names of the training metrics verl-erc's replay buffer (:mod:`verl_erc.sampler`) logs beside verl's.
+"""Names of training metrics verl-erc logs beside verl's, read elsewhere (the step line, compare, tests).
 
 A module of its own, importing nothing, so the trainer wiring (loaded while verl imports) and
 ``python -m verl_erc.compare`` (which never imports verl) can name them.
@@ -11,3 +11,8 @@ SHORT_BY_PROMPTS = "training/filter_groups/short_by_prompts"
 #: the filter metric (the recipes: ``acc``, math-verify's 0/1) averaged over every response the step generated,
 #: kept or dropped by DAPO's filter; verl's ``critic/score/mean`` is over the kept groups only
 ALL_GENERATED = "training/filter_groups/all_generated_mean"
+
+#: on the step's first mini-batch (theta = theta_old), the largest |old_log_prob - log_prob| and |H_old - H_new| over its
+#: response tokens: 0 when the old pass and the update computed alike (erc.old_pass=aligned), so clipping is drift only
+ONPOLICY_LOGPROB_MAXDIFF = "actor/erc_onpolicy_logprob_maxdiff"
+ONPOLICY_ENTROPY_MAXDIFF = "actor/erc_onpolicy_entropy_maxdiff"

