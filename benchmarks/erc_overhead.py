@@ -95,7 +95,7 @@ TARGETS = {"erc_time_ratio_max": 1.05, "erc_mem_ratio_max": 1.05}
 def _erc_functions():
     """(entropy_no_grad, entropy_ratio, erc_keep_mask, gate_gradient, source) from the package."""
     from verl_erc.entropy import entropy_no_grad
-    from verl_erc.losses import entropy_ratio, erc_keep_mask, gate_gradient
+    from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient
 
     return entropy_no_grad, entropy_ratio, erc_keep_mask, gate_gradient, "verl_erc.entropy + verl_erc.losses"
 

@@ -107,8 +107,8 @@ def make_batch(args, variant: str):
     from verl_erc.old_pass import ALIGNED_OLD_PASS_KEY
 
     g = torch.Generator().manual_seed(1)
-    prompt_lens = torch.randint(16, 65, (args.sequences,), generator=g).tolist()
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.sequences,), generator=g).tolist()
+    prompt_lens = [1 + n // 4 for n in lengths]
     nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
     ids = [torch.randint(0, args.vocab, (n,), generator=g) for n in lengths]
     keys = {"temperature": 1.0, "calculate_entropy": True, "compute_loss": False}

@@ -19,7 +19,8 @@ from verl_erc.analyze import FIGURES, main
 from verl_erc.config import ErcAnalysisConfig, ErcConfig
 from verl_erc.entropy import entropy_no_grad
 from verl_erc.entropy_hook import ERC_ENTROPY_FLAG
-from verl_erc.losses import entropy_ratio, erc_keep_mask, erc_ppo_loss
+from verl_erc.erc.equations import entropy_ratio, erc_keep_mask
+from verl_erc.losses import erc_ppo_loss
 
 from conftest import make_actor_config
 

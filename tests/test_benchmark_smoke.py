@@ -1,4 +1,4 @@
-"""benchmarks/erc_overhead.py runs end to end (tiny shape, CPU) and writes a complete JSON report.
+"""The benchmarks run end to end (tiny shapes, CPU) and write complete JSON reports.
 
 Nothing is timed against a threshold here: CI only checks that the benchmark works.
 """
@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 
+from cpu_subprocess import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_benchmark(script: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+def run_benchmark(script: str, args: list[str], cwd, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``benchmarks/<script>`` on the CPU; assert it exits 0."""
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
@@ -19,7 +21,7 @@ def run_benchmark(script: str, args: list[str], cwd) -> subprocess.CompletedProc
         text=True,
         timeout=900,
         cwd=str(cwd),
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -93,20 +95,57 @@ def test_tp_entropy_script_end_to_end(tmp_path):
     assert res["sharded/gather"]["time"] > 0
 
 
-def test_noise_floor_benchmark_end_to_end(tmp_path):
-    """benchmarks/erc_noise_floor.py on a tiny vocabulary: both dtypes, the plot and a complete JSON report."""
+def test_noise_floor_benchmark_end_to_end_with_torch_and_transformers_alone(tmp_path):
+    """benchmarks/erc_noise_floor.py on a tiny vocabulary, with verl, Ray and vLLM unimportable (as on a bare GPU
+    machine): every precision and arm, the plot, a complete JSON report; the aligned arm is exactly 0."""
+    blocked = tmp_path / "blocked"
+    for name in ("verl", "ray", "vllm"):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} must not be imported here')\n")
     out, png = tmp_path / "noise.json", tmp_path / "noise.png"
-    proc = run_benchmark("erc_noise_floor.py", ["--vocab", "2000", "--hidden", "48", "--intermediate", "96",
+    proc = run_benchmark("erc_noise_floor.py", ["--vocab", "2000", "--hidden", "128", "--intermediate", "256",
                                                 "--sequences", "2", "--seq-len", "32", "--scales", "2", "30",
-                                                "--json-out", str(out), "--plot", str(png)], tmp_path)
-    assert "smallest entropy_atol under 0.1 %" in proc.stdout
+                                                "--json-out", str(out), "--plot", str(png)], tmp_path,
+                         env={"PYTHONPATH": str(blocked)})
+    assert "aligned" in proc.stdout
     report = json.loads(out.read_text())
-    bf16, fp32 = report["results"]["bfloat16"], report["results"]["float32"]
-    for res in (bf16, fp32):
-        assert res["tokens"] == 2 * 2 * 32
-        assert sum(b["tokens"] for b in res["by_h_old"]) == res["tokens"]
-        fracs = [res["clipfrac_by_atol"][k] for k in sorted(res["clipfrac_by_atol"], key=float)]
-        assert fracs == sorted(fracs, reverse=True) and fracs[0] == res["outside_band"]  # atol only keeps more
-    # pass B's other accumulation order changed some entropies (the two passes are not one computation)
-    assert bf16["identical"] < 1 and fp32["identical"] < 1
+    assert set(report["results"]) == {"bf16", "bf16_body_fp32_logits", "fp32"}
+    for precision, arms in report["results"].items():
+        verl, aligned = arms["verl"], arms["aligned"]
+        for res in (verl, aligned):
+            assert res["tokens"] == 2 * 2 * 32
+            assert sum(b["tokens"] for b in res["by_h_old"]) == res["tokens"]
+            assert sum(p["tokens"] for p in res["by_population"].values()) == res["tokens"]
+            fracs = [res["clipfrac_by_atol"][k] for k in sorted(res["clipfrac_by_atol"], key=float)]
+            assert fracs == sorted(fracs, reverse=True) and fracs[0] == res["outside_band"]  # atol only keeps more
+        # the aligned pass ran the update's kernels: identical entropies
+        assert aligned["identical"] == 1 and aligned["outside_band"] == 0 and aligned["abs_dH"]["max"] == 0, precision
+    assert report["results"]["bf16"]["verl"]["identical"] < 1  # verl's packing ran other kernels: entropies moved
     assert png.stat().st_size > 5000
+
+
+def test_old_pass_cost_benchmark_end_to_end(tmp_path):
+    """benchmarks/old_pass_cost.py on a tiny model: both packings timed and measured, the same log-probs."""
+    out = tmp_path / "cost.json"
+    proc = run_benchmark("old_pass_cost.py", ["--hidden", "64", "--intermediate", "128", "--layers", "1", "--heads", "4",
+                                              "--vocab", "512", "--sequences", "16", "--min-len", "8", "--max-len", "40",
+                                              "--mini-batches", "4", "--update-tokens", "128", "--infer-tokens", "256",
+                                              "--rounds", "1", "--json-out", str(out)], tmp_path,
+                         env={"MASTER_PORT": str(free_port())})
+    assert "aligned / verl" in proc.stdout
+    report = json.loads(out.read_text())
+    verl, aligned = report["results"]["verl"], report["results"]["aligned"]
+    assert aligned["forwards"] > verl["forwards"]  # the update's smaller micro-batches, per mini-batch
+    assert max(aligned["tokens_per_forward"]) <= 128 < max(verl["tokens_per_forward"])
+    assert sum(aligned["tokens_per_forward"]) == sum(verl["tokens_per_forward"])  # the same tokens, once each
+    assert report["logprob_max_abs_diff"] < 1e-5  # fp32 on this CPU: the packings agree in value
+    assert report["ratios"]["time"] > 0 and report["ratios"]["peak_memory"] > 0
+    assert report["environment"]["verl"] and report["environment"]["torch"]
+
+
+def test_gpu_check_stops_before_any_work_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh, the prepared GPU run, refuses a machine where torch sees no CUDA device at once."""
+    proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_check.sh"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode != 0 and "torch sees no CUDA device" in proc.stderr
+    assert not any(tmp_path.iterdir())

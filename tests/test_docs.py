@@ -51,6 +51,7 @@ COVERED: dict[str, dict[str, str]] = {
     "slurm/submit.sh": {"tests/test_slurm.py": '"submit.sh"'},
     "slurm/submit.sh --check": {"tests/test_submit_check.py": '"--check"'},
     "python benchmarks/erc_noise_floor.py": {"tests/test_benchmark_smoke.py": '"erc_noise_floor.py"'},
+    "python benchmarks/old_pass_cost.py": {"tests/test_benchmark_smoke.py": '"old_pass_cost.py"'},
     "chromium-headless-shell": {"tests/test_report_browser.py": "--screenshot="},
 }
 

@@ -21,7 +21,8 @@ from verl.workers.utils.padding import no_padding_2_padding, response_from_neste
 
 from verl_erc.engine import ErcFSDPEngineWithLMHead
 from verl_erc.entropy_hook import ERC_ENTROPY_FLAG
-from verl_erc.losses import ErcInputError, entropy_ratio, erc_keep_mask, erc_ppo_loss, gate_gradient
+from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient
+from verl_erc.losses import ErcInputError, erc_ppo_loss
 
 from conftest import make_actor_config
 

@@ -8,7 +8,7 @@ import torch
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
 from verl_erc.entropy import entropy_no_grad
-from verl_erc.losses import entropy_ratio, erc_keep_mask, gate_gradient, gppo_ratio, within_tolerance
+from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient, gppo_ratio, within_tolerance
 
 from conftest import make_actor_config
 

@@ -1,9 +1,7 @@
 """ERC and GPPO losses.
 
-- The math, as pure functions a reader can check against the paper (arXiv 2512.05591):
-  :func:`entropy_ratio` (eq. 8), :func:`erc_keep_mask` (the indicator of eq. 9),
-  :func:`within_tolerance` (our ``entropy_atol``: a change at the numerical noise floor is no change),
-  :func:`gate_gradient` (how eq. 9's indicator is applied), :func:`gppo_ratio` (eq. 7).
+- The math, as pure functions a reader can check against the paper (arXiv 2512.05591), lives in
+  :mod:`verl_erc.erc.equations` (torch only).
 - ``gppo``: gradient-preserving clipping (eq. 7), registered in verl's policy-loss registry.
 - :func:`erc_ppo_loss`: verl's actor loss ``ppo_loss`` with ERC applied to the policy-gradient
   term of whatever ``policy_loss.loss_mode`` is configured (vanilla/DAPO, gppo, gspo, cispo, ...).
@@ -27,6 +25,7 @@ from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
 from verl_erc.config import ERC_KEY
+from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient, gppo_ratio, within_tolerance
 from verl_erc.metric_keys import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
 
 #: model_output key under which the entropy hook (verl_erc.entropy_hook) puts the current entropy.
@@ -39,44 +38,6 @@ ERC_ONPOLICY_FLAG = "erc_onpolicy"
 
 class ErcInputError(RuntimeError):
     """ERC is enabled but an input it needs is missing: never train without the constraint."""
-
-
-# --------------------------------------------------------------------------------------------
-# The math
-# --------------------------------------------------------------------------------------------
-
-
-def entropy_ratio(new_entropy: torch.Tensor, old_entropy: torch.Tensor, eps: float) -> torch.Tensor:
-    """rho_t = H(pi_theta, t) / H(pi_old, t)  (eq. 8), smoothed by ``eps`` so it is always finite."""
-    return (new_entropy + eps) / (old_entropy + eps)
-
-
-def erc_keep_mask(ratio: torch.Tensor, beta_low: float, beta_high: float) -> torch.Tensor:
-    """I_t = 1 if 1 - beta_low < rho_t < 1 + beta_high else 0  (eq. 9), as a bool tensor."""
-    return (ratio > 1.0 - beta_low) & (ratio < 1.0 + beta_high)
-
-
-def within_tolerance(new_entropy: torch.Tensor, old_entropy: torch.Tensor, atol: float) -> torch.Tensor:
-    """|H(pi_theta, t) - H(pi_old, t)| <= atol: the entropy did not change beyond the numerical noise floor.
-
-    ERC keeps a token when its ratio is in the band *or* this holds (``erc.entropy_atol``; 0: eq. 9 exactly).
-    """
-    return (new_entropy - old_entropy).abs() <= atol
-
-
-def gate_gradient(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``x`` with its gradient stopped where ``keep`` is False; values are unchanged."""
-    return torch.where(keep, x, x.detach())
-
-
-def gppo_ratio(ratio: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
-    """clip(r, (1-eps_l)/sg(r) * r, (1+eps_h)/sg(r) * r)  (eq. 7).
-
-    Value: clip(r, 1-eps_l, 1+eps_h), exactly. Gradient: d r inside the range, and
-    (1-eps_l or 1+eps_h) * d log pi outside it (instead of zero as in PPO-clip).
-    """
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    return clipped.detach() + (ratio - ratio.detach()) * (clipped / ratio).detach()
 
 
 # --------------------------------------------------------------------------------------------
