@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
 # ERC-DAPO on DeepSeek-R1-Distill-Qwen-1.5B (Table 1, Fig. 7).
-# Usage: recipes/erc_dapo_1p5b.sh [hydra overrides...]   (environment: see recipes/_common.sh)
-source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-erc_recipe erc_dapo_1p5b 1p5b "$@"
+# Usage: recipes/erc_dapo_1p5b.sh [hydra overrides...]   (environment: python -m verl_erc.recipes --help)
+exec "${ERC_PYTHON:-python}" -m verl_erc.recipes run erc_dapo_1p5b "$@"

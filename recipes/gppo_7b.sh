@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
 # GPPO on DeepSeek-R1-Distill-Qwen-7B (Table 3).
-# Usage: recipes/gppo_7b.sh [hydra overrides...]   (environment: see recipes/_common.sh)
-source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-erc_recipe gppo_7b 7b "$@"
+# Usage: recipes/gppo_7b.sh [hydra overrides...]   (environment: python -m verl_erc.recipes --help)
+exec "${ERC_PYTHON:-python}" -m verl_erc.recipes run gppo_7b "$@"

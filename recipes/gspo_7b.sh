@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# GSPO on DeepSeek-R1-Distill-Qwen-7B (Fig. 8).
-# Usage: recipes/gspo_7b.sh [hydra overrides...]   (environment: see recipes/_common.sh)
-source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-erc_recipe gspo_7b 7b "$@"
+# GSPO on DeepSeek-R1-Distill-Qwen-7B (section 5.7).
+# Usage: recipes/gspo_7b.sh [hydra overrides...]   (environment: python -m verl_erc.recipes --help)
+exec "${ERC_PYTHON:-python}" -m verl_erc.recipes run gspo_7b "$@"

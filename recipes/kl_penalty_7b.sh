@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# KL-regularised DAPO on DeepSeek-R1-Distill-Qwen-7B (Fig. 6).
-# Usage: recipes/kl_penalty_7b.sh [hydra overrides...]   (environment: see recipes/_common.sh)
-source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-erc_recipe kl_penalty_7b 7b "$@"
+# DAPO with a KL penalty on DeepSeek-R1-Distill-Qwen-7B (Fig. 8).
+# Usage: recipes/kl_penalty_7b.sh [hydra overrides...]   (environment: python -m verl_erc.recipes --help)
+exec "${ERC_PYTHON:-python}" -m verl_erc.recipes run kl_penalty_7b "$@"

@@ -26,7 +26,7 @@
 #       --no-check           submit without it
 #       --gpu-mem GiB        GPU memory for the check's estimate    [ERC_SLURM_GPU_MEM, default 80]
 # Any other sbatch option: ERC_SLURM_EXTRA_ARGS="--account=abc --qos=high".
-# The recipe reads its paths from the environment (recipes/_common.sh); sbatch passes it on.
+# The recipe reads its paths from the environment (python -m verl_erc.recipes --help); sbatch passes it on.
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -70,10 +70,13 @@ fi
 recipe="${1%.sh}"
 recipe="${recipe##*/}"
 shift
-[[ -f "$ROOT/recipes/$recipe.sh" ]] || {
-    echo "error: no recipe '$recipe'; available: $(cd "$ROOT/recipes" && ls [a-z]*.sh | sed 's/\.sh$//' | tr '\n' ' ')" >&2
-    exit 2
-}
+# a recipe, or evaluate RECIPE MODEL (recipes/evaluate.sh); which names are recipes: python -m verl_erc.recipes
+if [[ "$recipe" == evaluate ]]; then
+    [[ $# -ge 2 ]] || { echo "error: usage: slurm/submit.sh [options] evaluate RECIPE MODEL [hydra overrides...]" >&2; exit 2; }
+    "${ERC_PYTHON:-python}" -m verl_erc.recipes validate "$1" || exit 2
+else
+    "${ERC_PYTHON:-python}" -m verl_erc.recipes validate "$recipe" || exit 2
+fi
 [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || { echo "error: --nodes must be a positive integer, got '$nodes'" >&2; exit 2; }
 [[ "$gpus" =~ ^[0-9]+$ ]] || { echo "error: --gpus-per-node must be an integer >= 0, got '$gpus'" >&2; exit 2; }
 

@@ -1,5 +1,5 @@
 """python -m verl_erc.compare on runs logged through verl's own Tracking (file + tensorboard backends),
-laid out as recipes/_common.sh does: <recipe>-seed<N>/metrics/<launch>.jsonl and .../tensorboard/.
+laid out as verl_erc.recipes does: <recipe>-seed<N>/metrics/<launch>.jsonl and .../tensorboard/.
 
 ``python tests/test_compare.py DIR`` writes the same fixture runs into DIR (used for docs/).
 """

@@ -1,6 +1,6 @@
 """python -m verl_erc.compare on seed groups: means and Student-t intervals over seeds, the paired (or
 Welch) ERC-minus-baseline difference, and the seed band in plots. The fixture runs are logged through
-verl's Tracking file logger as recipes/_common.sh lays them out: <recipe>-seed<N>/metrics/<launch>.jsonl.
+verl's Tracking file logger as verl_erc.recipes lays them out: <recipe>-seed<N>/metrics/<launch>.jsonl.
 
 Expected values are worked out by hand below with the closed forms of Student's t for 1 and 2 degrees
 of freedom: t_{q,1} = tan(pi (q - 1/2)), two-sided p_1(t) = 1 - 2/pi atan|t|;
@@ -117,6 +117,18 @@ def test_grouping_by_seed_in_the_name_and_by_option():
             group_runs(["x", "y"], bad)
     with pytest.raises(RunLogError, match="seed 1 twice"):
         group_runs(["dapo-seed1", "dapo/seed1"], [])
+
+
+def test_the_official_variants_and_the_nll_ablation_pair_as_docs_recipes_md_runs_them():
+    from verl_erc.recipes import run_name
+
+    labels = [run_name(recipe, seed) for seed in (1, 2) for recipe in
+              ("erc_dapo_7b_official", "dapo_7b_official", "erc_dapo_7b_official_nonll", "dapo_7b_official_nonll")]
+    groups = group_runs(labels, [])
+    assert {name: sorted(seeds) for name, seeds in groups.items()} == dict.fromkeys(
+        ["erc_dapo_7b_official", "dapo_7b_official", "erc_dapo_7b_official_nonll", "dapo_7b_official_nonll"], [1, 2])
+    assert pair_runs(list(groups), []) == {"erc_dapo_7b_official": "dapo_7b_official",
+                                           "erc_dapo_7b_official_nonll": "dapo_7b_official_nonll"}
 
 
 def test_seed_groups_report_mean_interval_and_paired_test(seed_runs, tmp_path):

@@ -1,16 +1,20 @@
 """``python -m verl_erc.cpu.demo``: its commands and its argument checks (the runs: test_rehearsals.py)."""
 
-import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from verl_erc.cpu import demo
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_each_run_is_a_rehearsal_of_a_paper_recipe_with_the_overrides_last():
     cmd = demo.rehearsal_command("erc_dapo_7b", ["trainer.total_training_steps=3"])
-    assert cmd == ["bash", str(demo.REHEARSE), "erc_dapo_7b", "trainer.total_training_steps=3"]
-    assert demo.REHEARSE.is_file() and os.access(demo.REHEARSE, os.X_OK)
+    assert cmd == [sys.executable, "-m", "verl_erc.recipes", "rehearse", "erc_dapo_7b", "trainer.total_training_steps=3"]
+    # what recipes/rehearse.sh runs
+    assert 'verl_erc.recipes rehearse "$@"' in (ROOT / "recipes" / "rehearse.sh").read_text()
 
 
 def test_runs_are_named_so_that_compare_pairs_them():

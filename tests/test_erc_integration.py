@@ -439,3 +439,40 @@ def test_onpolicy_maxdiffs_are_the_largest_response_token_differences_of_the_fir
     batch["response_mask"] = nested([torch.zeros(n, dtype=torch.int64) for n in RESPONSE_LENS])
     _, metrics = erc_ppo_loss(make_actor_config("vanilla"), out, batch)
     assert metrics[ONPOLICY_LOGPROB_MAXDIFF].aggregate() == 0.0 == metrics[ONPOLICY_ENTROPY_MAXDIFF].aggregate()
+
+
+@pytest.mark.parametrize("erc", [True, False], ids=["erc-on", "erc-off"])
+def test_positive_nll_term_bypasses_the_ppo_clip_and_ercs_mask(erc):
+    """positive_nll_coef: its gradient is coef x share x d(-mean log pi) on every token of a response rewarded
+    exactly 1, clipped by PPO or by ERC or not, and nothing elsewhere; coef 0 changes nothing, bit for bit."""
+    _, engine, batch = off_policy_setup()
+    rewards = [1.0, 0.0, 1.0, -0.5]
+    batch["rm_scores"] = nested([torch.cat([torch.zeros(n - 1), torch.tensor([r])]) for n, r in zip(RESPONSE_LENS, rewards)])
+    out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})
+    leaf = out["log_probs"].values().detach().requires_grad_(True)
+    model_output = {**out, "log_probs": torch.nested.nested_tensor_from_jagged(leaf, out["log_probs"].offsets())}
+
+    def grad(coef):
+        config = make_actor_config("vanilla", erc=erc, positive_nll_coef=coef, clip_ratio_low=0.01, clip_ratio_high=0.01)
+        loss, metrics = erc_ppo_loss(config, model_output, batch)
+        return loss, torch.autograd.grad(loss, leaf)[0], metrics
+
+    loss0, grad0, metrics0 = grad(0.0)
+    loss1, grad1, metrics1 = grad(0.1)
+    assert "actor/positive_nll" not in metrics0
+    padded = batch.select("response_mask").to_padded_tensor()["response_mask"].bool()
+    positive = padded & torch.tensor([r == 1.0 for r in rewards])[:, None]
+    share = 1.0  # this micro-batch is its whole mini-batch on one rank (global_batch_size rows, dp_size 1)
+    expected = torch.where(positive, -0.1 * share / positive.sum(), 0.0)
+    diff = no_padding_2_padding(torch.nested.nested_tensor_from_jagged(grad1 - grad0, out["log_probs"].offsets()), batch)
+    torch.testing.assert_close(diff[padded], expected[padded].float(), rtol=1e-5, atol=1e-8)
+    log_prob = no_padding_2_padding(out["log_probs"], batch).detach()
+    assert metrics1["actor/positive_nll"].aggregate() == pytest.approx(-log_prob[positive].mean().item(), rel=1e-6)
+    assert loss1.item() == pytest.approx(loss0.item() + 0.1 * share * metrics1["actor/positive_nll"].aggregate(), rel=1e-5)
+    # the term reached positive tokens the masks had cut off (no gradient without it): PPO's clip, and ERC's when on
+    cut = no_padding_2_padding(torch.nested.nested_tensor_from_jagged(grad0, out["log_probs"].offsets()), batch) == 0
+    assert (cut & positive).any()
+    assert not erc or metrics1["actor/erc_clipfrac"].aggregate() > 0
+    # coef 0: the loss without the key, bit for bit
+    config = make_actor_config("vanilla", erc=erc, clip_ratio_low=0.01, clip_ratio_high=0.01)
+    assert torch.equal(erc_ppo_loss(config, model_output, batch)[0], loss0)

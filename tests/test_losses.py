@@ -214,3 +214,28 @@ def test_entropy_atol_keeps_noise_but_not_a_real_jump():
     for atol in (0.0, 1e-3, 1e-2):
         keep = band | within_tolerance(new, old, atol)
         assert keep.tolist() == [False, atol > 0, True], atol
+
+
+# ---------------------------------------------------------------------------------------------
+# The official code's positive-sample NLL term (positive_nll_coef)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_positive_nll_values_on_a_hand_built_micro_batch():
+    from verl_erc.erc.equations import positive_tokens
+    from verl_erc.losses import micro_batch_share, positive_nll
+
+    log_prob = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0], [-4.0, -4.0, -4.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    reward = torch.tensor([1.0, 1.0, 0.999], dtype=torch.float64)  # exactly 1 counts; 0.999 (an overlong penalty) not
+    positive = positive_tokens(mask, reward)
+    assert positive.tolist() == [[True, True, True], [True, True, False], [False, False, False]]
+    # token-mean over the 5 positive tokens; seq-mean-token-mean over the 2 positive responses
+    assert positive_nll(log_prob, positive, "token-mean").item() == pytest.approx((1 + 2 + 3 + 0.5 + 0.5) / 5)
+    assert positive_nll(log_prob, positive, "seq-mean-token-mean").item() == pytest.approx((2.0 + 0.5) / 2)
+    none = positive_tokens(mask, torch.tensor([0.0, -1.0, -0.5], dtype=torch.float64))
+    lp = log_prob.clone().requires_grad_(True)
+    zero = positive_nll(lp, none, "token-mean")
+    assert zero.item() == 0.0 and torch.autograd.grad(zero, lp)[0].abs().sum() == 0  # no positive: 0, no gradient
+    # 4 rows of a mini-batch of 64 responses on 8 ranks: 4 / (64 / 8) = 0.5 of the rank's mini-batch
+    assert micro_batch_share(4, 8, 64) == 0.5

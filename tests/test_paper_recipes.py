@@ -3,6 +3,7 @@ the paper's values key by key, and what each ERC run changes against its baselin
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ from verl.utils import omega_conf_to_dataclass
 from verl.utils.config import validate_config
 
 from verl_erc.config import ErcFSDPActorConfig
-from verl_erc.reward import compute_score
+from verl_erc.recipes import OFFICIAL_VAL, RECIPES
+from verl_erc.reward import compute_score, compute_score_official
 from verl_erc.trainer import validate_erc_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +62,16 @@ def configs():
     return {name: load(name) for name in RUNS}
 
 
-def test_every_recipe_has_a_config_and_a_script():
-    scripts = {p.stem for p in (ROOT / "recipes").glob("*.sh") if not p.name.startswith("_")}
-    assert scripts == set(RUNS) | {"rehearse", "evaluate"}
-    for name in RUNS:
+def test_every_recipe_has_a_config_and_a_thin_launcher():
+    """One table (verl_erc.recipes.RECIPES): the paper-text recipes and their official variants; each recipes/<name>.sh
+    only hands its name and arguments to python -m verl_erc.recipes."""
+    assert set(RUNS) | set(OFFICIAL) == set(RECIPES)
+    scripts = {p.stem for p in (ROOT / "recipes").glob("*.sh")}
+    assert scripts == set(RECIPES) | {"rehearse", "evaluate"}
+    for name in RECIPES:
         assert (ROOT / "hydra_conf" / f"{name}.yaml").is_file()
+        lines = [line for line in (ROOT / "recipes" / f"{name}.sh").read_text().splitlines() if not line.startswith("#")]
+        assert lines == [f'exec "${{ERC_PYTHON:-python}}" -m verl_erc.recipes run {name} "$@"'], name
 
 
 @pytest.mark.parametrize("name", RUNS)
@@ -186,6 +193,48 @@ def test_sizes_differ_in_parallelism_only(configs):
     }
 
 
+# --- as the official code ran them (hydra_conf/official.yaml on the paper-text recipe) ----------------
+
+#: official variant -> its paper-text recipe
+OFFICIAL = {f"{name}_official": name for name in ("erc_dapo_7b", "dapo_7b", "erc_gppo_7b", "gppo_7b", "erc_dapo_1p5b",
+                                                  "dapo_1p5b", "erc_gppo_1p5b", "gppo_1p5b")}
+#: every key hydra_conf/official.yaml sets: one difference from the paper's text each (docs/recipes.md's table)
+OFFICIAL_KEYS = {
+    "actor_rollout_ref.actor.positive_nll_coef", "actor_rollout_ref.actor.clip_ratio_c",
+    "actor_rollout_ref.actor.optim.lr_warmup_steps", "actor_rollout_ref.actor.optim.weight_decay",
+    "actor_rollout_ref.actor.erc.entropy_eps", "data.max_prompt_length", "algorithm.filter_groups.max_num_gen_batches",
+    "reward.custom_reward_function.name", "reward.reward_kwargs.overlong_buffer_cfg.enable", "trainer.test_freq",
+    "trainer.val_before_train", "trainer.v1.sampler.sampler_kwargs.one_round_prompts",
+}
+
+
+@pytest.fixture(scope="module")
+def official_configs(configs):
+    return {**configs, **{name: load(name) for name in OFFICIAL}}
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_an_official_variant_is_its_recipe_with_the_official_codes_settings_only(official_configs, name):
+    assert differences(name, OFFICIAL[name], official_configs) == OFFICIAL_KEYS | {NAME}
+    cfg = official_configs[name]
+    actor = cfg.actor_rollout_ref.actor
+    assert (actor.positive_nll_coef, actor.clip_ratio_c, actor.optim.lr_warmup_steps, actor.optim.weight_decay) == (0.1, 10.0, 10, 0.1)
+    assert actor.erc.entropy_eps == 1e-8 and actor.erc.old_pass == "aligned"  # ERC whose on-policy clipping is 0
+    assert (cfg.algorithm.filter_groups.max_num_gen_batches, cfg.trainer.v1.sampler.sampler_kwargs.one_round_prompts) == (1, 256)
+    assert get_custom_reward_fn(cfg).args[0] is compute_score_official
+    assert not cfg.reward.reward_kwargs.overlong_buffer_cfg.enable
+    assert (cfg.trainer.test_freq, cfg.trainer.val_before_train) == (10, False)
+    assert RECIPES[name].val_files == OFFICIAL_VAL == ("aime24", "aime25")
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    assert (validate_erc_config(cfg) is not None)  # the NLL term alone needs verl-erc's loss: ERC or not
+    assert validate_erc_config(cfg).erc.enable == name.startswith("erc_")
+
+
+@pytest.mark.parametrize("erc_run", [n for n in OFFICIAL if n.startswith("erc_")])
+def test_official_erc_runs_differ_from_their_official_baseline_in_erc_only(official_configs, erc_run):
+    assert differences(erc_run, erc_run[len("erc_"):], official_configs) == {ERC_ENABLE, NAME}
+
+
 # --- laptop rehearsals (recipes/rehearse.sh: the recipe's config + hydra_conf/rehearsal/laptop.yaml) ---
 
 # every key hydra_conf/rehearsal/laptop.yaml sets: what a 2-core laptop forces
@@ -229,16 +278,18 @@ REHEARSAL = "+rehearsal=laptop"
 
 @pytest.fixture(scope="module")
 def rehearsals():
-    return {name: load(name, [*REQUIRED, REHEARSAL]) for name in RUNS}
+    return {name: load(name, [*REQUIRED, REHEARSAL]) for name in [*RUNS, *OFFICIAL]}
 
 
-@pytest.mark.parametrize("name", RUNS)
-def test_rehearsal_differs_from_its_recipe_in_what_a_laptop_forces_only(configs, rehearsals, name):
-    size, method, _ = RUNS[name]
+@pytest.mark.parametrize("name", [*RUNS, *OFFICIAL])
+def test_rehearsal_differs_from_its_recipe_in_what_a_laptop_forces_only(official_configs, rehearsals, name):
+    size, method, _ = RUNS[OFFICIAL.get(name, name)]
     expected = LAPTOP_KEYS | DERIVED_KEYS | (set() if method == "grpo" else OVERLONG_KEYS)
+    if name in OFFICIAL:  # its one round of prompts is twice the training batch; it validates on its own cadence
+        expected = expected | {"trainer.v1.sampler.sampler_kwargs.one_round_prompts"}
     if size == "1p5b":
         expected -= ONE_PROCESS_KEYS
-    recipe, rehearsal = flat(configs[name], resolve=True), flat(rehearsals[name], resolve=True)
+    recipe, rehearsal = flat(official_configs[name], resolve=True), flat(rehearsals[name], resolve=True)
     assert {k for k in recipe.keys() | rehearsal.keys() if recipe.get(k, "<absent>") != rehearsal.get(k, "<absent>")} == expected
 
 
@@ -301,10 +352,11 @@ def test_rehearsals_pass_verls_config_checks(rehearsals):
 
 
 def test_rehearse_names_the_recipes_when_given_none_or_a_wrong_one():
-    for args in ([], ["erc_dapo_70b"], ["_common"], ["rehearse"]):
-        out = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), *args], capture_output=True, text=True)
+    for args in ([], ["erc_dapo_70b"], ["evaluate"], ["rehearse"]):
+        out = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), *args], capture_output=True, text=True,
+                             env={**os.environ, "ERC_PYTHON": sys.executable})
         assert out.returncode == 2 and "RECIPE is one of:" in out.stderr, args
-        assert set(out.stderr.split("one of:")[1].split()) == set(RUNS)
+        assert set(out.stderr.split("one of:")[1].split("\n")[0].split()) == set(RECIPES)
 
 
 def test_rehearse_runs_the_recipe_script_with_the_laptop_profile_and_local_assets(rehearsal_cache, tmp_path):
@@ -315,7 +367,7 @@ def test_rehearse_runs_the_recipe_script_with_the_laptop_profile_and_local_asset
     out = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), "gppo_1p5b", "trainer.total_training_steps=2"],
                          env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    words = next(line for line in out.stdout.splitlines() if line.startswith("command: ")).split()[1:]
+    words = command_words(out.stdout)
     paths = asset_paths()
     run_dir = tmp_path / "outputs" / "rehearsals" / "gppo_1p5b-seed3"  # the default ERC_RUNS_DIR
     launch = re.search(rf"metrics: {run_dir}/metrics/(\S+)\.jsonl\)", out.stdout).group(1)
@@ -333,11 +385,16 @@ def test_rehearse_runs_the_recipe_script_with_the_laptop_profile_and_local_asset
 # --- recipes/*.sh ---------------------------------------------------------------------------
 
 
+def command_words(stdout: str) -> list[str]:
+    """The words of the command a launcher printed (``command: <shell-quoted words>``)."""
+    return shlex.split(next(line for line in stdout.splitlines() if line.startswith("command: "))[len("command: "):])
+
+
 @pytest.fixture
 def recipe_env(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "data").mkdir()
-    for split in ("train", "val"):
+    for split in ("train", "val", *OFFICIAL_VAL):
         (tmp_path / "data" / f"{split}.parquet").touch()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ERC_", "VERL_ERC_"))}
     env.update(
@@ -345,6 +402,7 @@ def recipe_env(tmp_path):
         ERC_MODEL_7B=str(tmp_path / "model"),
         ERC_DATA_DIR=str(tmp_path / "data"),
         ERC_RUNS_DIR=str(tmp_path / "runs"),
+        ERC_PYTHON=sys.executable,
         VERL_ERC_DRY_RUN="1",
     )
     return env, tmp_path
@@ -354,20 +412,20 @@ def run_recipe(name, env, *args):
     return subprocess.run(["bash", str(ROOT / "recipes" / f"{name}.sh"), *args], env=env, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("name", RUNS)
+@pytest.mark.parametrize("name", RECIPES)
 def test_recipe_forwards_overrides_unchanged(recipe_env, name):
     env, tmp = recipe_env
     out = run_recipe(name, dict(env, ERC_SEED="7"), "trainer.total_epochs=3", "trainer.logger=[console,wandb]")
     assert out.returncode == 0, out.stderr
-    command = next(line for line in out.stdout.splitlines() if line.startswith("command: "))
-    words = command.split()
-    assert words[1:6] == ["python", "-m", "verl_erc.main", "--config-name", name]
+    words = command_words(out.stdout)
+    assert words[:5] == [sys.executable, "-m", "verl_erc.main", "--config-name", name]
     run_dir = tmp / "runs" / f"{name}-seed7"
     launch = re.search(rf"metrics: {run_dir}/metrics/(\S+)\.jsonl\)", out.stdout).group(1)
-    assert words[6:] == [
+    val = [f"{tmp}/data/{split}.parquet" for split in RECIPES[name].val_files]
+    assert words[5:] == [
         f"actor_rollout_ref.model.path={tmp}/model",
         f"data.train_files={tmp}/data/train.parquet",
-        f"data.val_files={tmp}/data/val.parquet",
+        f"data.val_files={val[0] if len(val) == 1 else '[' + ','.join(val) + ']'}",
         "data.seed=7",
         f"trainer.experiment_name={name}-seed7",
         f"trainer.default_local_dir={run_dir}/checkpoints",
@@ -375,7 +433,7 @@ def test_recipe_forwards_overrides_unchanged(recipe_env, name):
         f"++ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR={run_dir}/tensorboard",
         f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir}/metrics/{launch}.jsonl",
         "trainer.total_epochs=3",
-        "trainer.logger=\\[console\\,wandb\\]",  # printed shell-quoted (printf %q)
+        "trainer.logger=[console,wandb]",
     ]
     assert f"TensorBoard: {run_dir}/tensorboard" in out.stdout
     assert not (tmp / "runs").exists()  # a dry run creates nothing
@@ -442,7 +500,7 @@ def test_recipe_composes_as_launched(recipe_env):
     """The overrides a recipe passes compose with its config (what `python -m verl_erc.main` gets)."""
     env, tmp = recipe_env
     out = run_recipe("kl_penalty_7b", env, "actor_rollout_ref.actor.kl_loss_coef=0.01")
-    words = next(line for line in out.stdout.splitlines() if line.startswith("command: ")).split()[6:]
+    words = command_words(out.stdout)[5:]
     cfg = load("kl_penalty_7b", overrides=words)
     assert cfg.actor_rollout_ref.actor.kl_loss_coef == 0.01
     assert cfg.trainer.default_local_dir == f"{tmp}/runs/kl_penalty_7b-seed1/checkpoints"
@@ -455,8 +513,8 @@ def test_evaluate_runs_the_recipes_validation_only_with_overrides_in_any_order(r
     env, tmp = recipe_env
     out = run_recipe("evaluate", env, "trainer.nnodes=2", "erc_dapo_7b", "base", "data.max_response_length=32768")
     assert out.returncode == 0, out.stderr
-    words = next(line for line in out.stdout.splitlines() if line.startswith("command: ")).split()
-    assert words[1:6] == ["python", "-m", "verl_erc.main", "--config-name", "erc_dapo_7b"]
+    words = command_words(out.stdout)
+    assert words[:5] == [sys.executable, "-m", "verl_erc.main", "--config-name", "erc_dapo_7b"]
     assert f"actor_rollout_ref.model.path={tmp}/model" in words
     assert f"trainer.default_local_dir={tmp}/runs/eval_model/checkpoints" in words
     assert words[-4:] == ["trainer.val_only=true", "trainer.val_before_train=true", "trainer.nnodes=2",

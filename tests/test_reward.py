@@ -96,13 +96,13 @@ class CharTokenizer:
         return "".join(chr(int(i)) for i in ids)
 
 
-def dapo_manager():
+def dapo_manager(config_name: str = "erc_dapo_7b"):
     from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
-        cfg = compose(config_name="erc_dapo_7b", overrides=["actor_rollout_ref.model.path=/m", "data.train_files=/t",
-                                                             "data.val_files=/v"])
+        cfg = compose(config_name=config_name, overrides=["actor_rollout_ref.model.path=/m", "data.train_files=/t",
+                                                           "data.val_files=/v"])
     fn = get_custom_reward_fn(cfg)
     fn.keywords["timeout"] = WARM_TIMEOUT  # patient with a cold scorer pool; the recipes keep the default
     manager_cls = get_reward_manager_cls(cfg.reward.reward_manager.name)
@@ -133,3 +133,17 @@ def test_through_verl_dapo_reward_manager_as_configured(score):
     exceed = len(long) - (16384 - 4096)
     assert out["reward_score"] == pytest.approx(1.0 - exceed / 4096)
     assert out["reward_extra_info"]["overlong"]
+
+
+def test_the_official_reward_through_verls_dapo_manager_as_the_official_variants_configure_it(score):
+    """+1 right, -1 wrong, -0.5 without </think> (whatever the answer); only what follows the last </think> is
+    graded; acc, DAPO's filter metric, is 1 for a right answer only; no overlong penalty."""
+    manager = dapo_manager("erc_dapo_7b_official")
+    cases = [("I think </think> so \\boxed{\\frac{1}{2}}", 1.0, 1.0), ("hmm </think> \\boxed{7}", -1.0, 0.0),
+             ("\\boxed{\\frac{1}{2}} without closing the thought", -0.5, 0.0),
+             ("\\boxed{\\frac{1}{2}} </think> then \\boxed{3}", -1.0, 0.0),
+             ("x" * 20000 + " </think> \\boxed{0.5}", 1.0, 1.0)]
+    for response, reward, acc in cases:
+        out = run_single(manager, response, "0.5")
+        assert (out["reward_score"], out["reward_extra_info"]["acc"]) == (reward, acc), response[-40:]
+        assert "overlong_reward" not in out["reward_extra_info"]

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_module
 from verl.trainer.ppo.v1 import replay_buffer as verl_replay_buffer
 from verl.utils.import_utils import load_extern_type
 
+from verl_erc.metric_keys import KEPT_PROMPTS, TRAINED_PROMPTS
 from verl_erc.sampler import ALL_GENERATED, GENERATED_PROMPTS, SHORT_BY_PROMPTS, BoundedReplayBuffer, DynamicSamplingError
 
 N = 4  # responses per prompt
@@ -70,7 +71,7 @@ def tq(monkeypatch):
     return store
 
 
-def buffer(tq, scores_of, *, batch=4, max_num_gen_batches=2):
+def buffer(tq, scores_of, *, batch=4, max_num_gen_batches=2, one_round_prompts=None):
     """verl builds a custom sampler from the config (trainer_base._build_replay_buffer); refills go into ``tq``."""
     uids = (f"p{i}" for i in itertools.count())
 
@@ -85,7 +86,7 @@ def buffer(tq, scores_of, *, batch=4, max_num_gen_batches=2):
         trainer_mode="sync", trainer_config={}, max_off_policy_threshold=None, max_off_policy_strategy="drop",
         refill_fn=refill,
         sampler_kwargs={"poll_interval": 0.0, "filter_groups": filter_groups, "train_batch_size": batch,
-                        "gen_batch_size": None, "sync_refill_failed_groups": False},
+                        "gen_batch_size": None, "sync_refill_failed_groups": False, "one_round_prompts": one_round_prompts},
     )
     refill(batch)  # the trainer dispatches the step's batch before it samples
     return sampler
@@ -125,7 +126,8 @@ def test_at_the_bound_the_step_trains_on_the_groups_that_survived(tq, capsys):
     assert metrics[GENERATED_PROMPTS] == 8 and metrics[SHORT_BY_PROMPTS] == 2  # 2 batches of 4 prompts, no more
     assert metrics["training/filter_groups/evicted_samples"] == 6
     assert metrics[ALL_GENERATED] == pytest.approx(4 / 32)  # 2 kept groups of 2 right in 4; 6 dropped, all wrong
-    assert "training on the 2 of 4 groups that survived" in capsys.readouterr().out
+    assert "2 groups survived the filter; training on 2 of 4" in capsys.readouterr().out
+    assert (metrics[KEPT_PROMPTS], metrics[TRAINED_PROMPTS]) == (2, 2)
 
 
 def test_a_reward_that_never_varies_stops_the_run_naming_the_score(tq):
@@ -155,3 +157,36 @@ def test_groups_finishing_after_the_bound_beyond_the_batch_are_discarded_not_lef
     assert len(groups(batch)) == 4 and metrics[GENERATED_PROMPTS] == 8 and metrics[SHORT_BY_PROMPTS] == 0
     assert metrics["training/filter_groups/discarded_surplus_samples"] == 1
     assert not [uid for uid, tag in tq.tags.items() if tag.get("is_prompt")]  # nothing carried into step 2
+
+
+def test_one_round_generates_the_round_at_once_then_trains_on_survivors_up_to_the_batch(monkeypatch, capsys):
+    """The official recipes' regime: 2x the batch generated at once, no refill; survivors up to the batch, whole
+    groups, drawn regardless of finishing order (the slow groups are among those trained on)."""
+    tq = LaggingTransferQueue(slow={"p1", "p6"})
+    monkeypatch.setattr(verl_replay_buffer, "tq", tq)
+    alike = {"p2", "p5"}
+    sampler = buffer(tq, lambda uid: [1.0] * N if uid in alike else [0.0, 1.0, 0.0, 0.0], one_round_prompts=8,
+                     max_num_gen_batches=1)
+    batch, metrics = sampler.sample(global_steps=1, partition_id="train", batch_size=4)
+    assert len(groups(batch)) == 4 and not groups(batch) & alike
+    assert (metrics[GENERATED_PROMPTS], metrics[KEPT_PROMPTS], metrics[TRAINED_PROMPTS]) == (8, 6, 4)
+    assert metrics["training/filter_groups/discarded_surplus_samples"] == 2  # survivors beyond the batch: not kept
+    assert metrics[SHORT_BY_PROMPTS] == 0
+    assert "one round of 8 prompts" in capsys.readouterr().out
+    assert not [uid for uid, tag in tq.tags.items() if tag.get("is_prompt")]
+
+
+def test_one_round_trains_on_fewer_when_fewer_survive_and_never_refills(tq):
+    survivors = {"p0", "p6"}
+    sampler = buffer(tq, lambda uid: [0.0, 1.0, 1.0, 0.0] if uid in survivors else [0.0] * N, one_round_prompts=8,
+                     max_num_gen_batches=1)
+    batch, metrics = sampler.sample(global_steps=1, partition_id="train", batch_size=4)
+    assert groups(batch) == survivors
+    assert (metrics[GENERATED_PROMPTS], metrics[KEPT_PROMPTS], metrics[TRAINED_PROMPTS], metrics[SHORT_BY_PROMPTS]) == (8, 2, 2, 2)
+
+
+@pytest.mark.parametrize("one_round, max_batches, named", [(2, 1, "must be >= data.train_batch_size=4"),
+                                                           (8, 2, r"max_num_gen_batches=1 \(got 2\)")])
+def test_one_round_refuses_a_round_smaller_than_the_batch_or_refills(tq, one_round, max_batches, named):
+    with pytest.raises(ValueError, match=named):
+        buffer(tq, lambda uid: [0.0] * N, one_round_prompts=one_round, max_num_gen_batches=max_batches)

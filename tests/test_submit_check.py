@@ -139,12 +139,13 @@ def test_a_run_the_launch_would_refuse_is_refused_before_the_queue(environ, caps
     assert check("erc_dapo_1p5b", 1, 8, 80, []) == 0, capsys.readouterr().out  # the same experiment: it resumes
     capsys.readouterr()
     assert check("erc_dapo_1p5b", 1, 8, 80, ["actor_rollout_ref.actor.optim.lr=2e-6"]) == 1
-    assert "actor_rollout_ref.actor.optim.lr: 1e-06 -> 2e-06): the launch would be refused" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the launch would be refused:" in out and "actor_rollout_ref.actor.optim.lr: 1e-06 -> 2e-06" in out, out
     step = Path(cfg.trainer.default_local_dir) / f"global_step_{cfg.trainer.total_training_steps}"
     (step / "actor").mkdir(parents=True)
     torch.save({}, step / "data.pt")
     assert check("erc_dapo_1p5b", 1, 8, 80, []) == 1
-    assert "  - trainer.total_training_steps=1000: the run already finished" in capsys.readouterr().out
+    assert "already finished at step 1000 of 1000" in capsys.readouterr().out
     shutil.rmtree(run_dir)
 
 

@@ -99,3 +99,20 @@ def test_engine_flags_batches_for_erc_loss_only(monkeypatch):
         engine.forward_backward_batch(tu.get_tensordict({}, {}), loss, forward_only=forward_only)
     assert [tu.get_non_tensor_data(d, ERC_ENTROPY_FLAG, False) for d in seen] == [True, False, False, False]
     assert tu.get_non_tensor_data(seen[0], ERC_CHUNK_SIZE_KEY, None) == 64
+
+
+@pytest.mark.parametrize("mode", sorted(VERL_TRAINERS))
+def test_the_positive_nll_term_alone_installs_verl_erc_s_loss(mode, record_verl_init):
+    """ERC off, positive_nll_coef > 0: the trainer is ours (it installs erc_ppo_loss); coef 0: verl's own."""
+    config = compose_erc([*mode_keys(mode), "actor_rollout_ref.actor.positive_nll_coef=0.1"])
+    trainer = get_trainer_cls(mode)(config=config)
+    assert type(trainer) is get_trainer_cls(mode) and trainer._erc_actor_config.positive_nll_coef == 0.1
+    assert not trainer._erc_actor_config.erc.enable
+    assert type(get_trainer_cls(mode)(config=compose_erc(mode_keys(mode)))) is VERL_TRAINERS[mode]
+
+
+def test_engine_refuses_to_train_the_positive_nll_term_with_verls_loss():
+    engine = object.__new__(ErcFSDPEngineWithLMHead)
+    loss = partial(ppo_loss, config=make_actor_config("vanilla", erc=False, positive_nll_coef=0.1))
+    with pytest.raises(ErcInputError, match="positive_nll_coef=0.1 but the actor's loss is"):
+        engine.forward_backward_batch(data=None, loss_function=loss, forward_only=False)

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from verl_erc import runlogs
 from verl_erc.metric_keys import ALL_GENERATED
 from verl_erc.runlogs import RunLog, RunLogError, load_run
+from verl_erc.recipes import split_run_name
 from verl_erc.seedstats import CONFIDENCE, Estimate, difference, seed_mean
 
 ENTROPY = "actor/entropy"
@@ -65,8 +66,6 @@ VAL_CORE = re.compile(r"^val-core/(?P<bench>.+)/(?P<var>[^/]+)/mean@(?P<n>\d+)$"
 ERC_PREFIXES = ("erc_", "erc-")
 SPIKE_MIN_HISTORY = 5
 DASH = "–"
-# <recipe>-seed<N>, <recipe>_seed<N>, <recipe>/seed<N>: how recipes/_common.sh names run directories
-SEEDED = re.compile(r"^(?P<recipe>.+)[-_/]seed(?P<seed>\d+)$")
 SIGNIFICANT = "†"
 
 
@@ -144,9 +143,9 @@ def group_runs(labels: list[str], specs: list[str]) -> dict[str, dict[int | str,
         named |= dict.fromkeys(runs, name)
     groups: dict[str, dict[int | str, str]] = {}
     for label in labels:
-        match = SEEDED.match(label)
-        name = named.get(label) or (match["recipe"] if match else label)
-        seed = int(match["seed"]) if match else label
+        base, seed = split_run_name(label)  # how verl_erc.recipes names run directories
+        name = named.get(label) or base
+        seed = label if seed is None else seed
         if seed in groups.setdefault(name, {}):
             raise RunLogError(f"group {name!r}: seed {seed} twice ({groups[name][seed]!r}, {label!r})")
         groups[name][seed] = label

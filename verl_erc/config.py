@@ -8,9 +8,9 @@ first-class config key with a default (no ``+`` needed), e.g.::
     actor_rollout_ref.actor.erc.enable=true
     actor_rollout_ref.actor.erc.beta_low=0.05 actor_rollout_ref.actor.erc.beta_high=0.05
 
-It also registers the OmegaConf resolver ``erc.floordiv`` (``${erc.floordiv:a,b}`` is ``a // b``),
-with which a config states one setting as a fraction of another, e.g. DAPO's overlong buffer as a
-quarter of the response budget (``hydra_conf/method/dapo.yaml``).
+It also registers the OmegaConf resolvers ``erc.floordiv`` (``${erc.floordiv:a,b}`` is ``a // b``) and
+``erc.mul`` (``a * b``), with which a config states one setting as a multiple of another, e.g. DAPO's
+overlong buffer as a quarter of the response budget (``hydra_conf/method/dapo.yaml``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from verl_erc.after_import import FAILED
 from verl_erc.old_pass import OLD_PASS_MODES
 
 ERC_KEY = "actor_rollout_ref.actor.erc"
+POSITIVE_NLL_KEY = "actor_rollout_ref.actor.positive_nll_coef"
 
 OmegaConf.register_new_resolver("erc.floordiv", lambda a, b: int(a) // int(b), replace=True)
+OmegaConf.register_new_resolver("erc.mul", lambda a, b: int(a) * int(b), replace=True)
 
 
 class ErcConfigError(ValueError):
@@ -135,12 +137,25 @@ class ErcConfig(BaseConfig):
 
 @dataclass
 class ErcFSDPActorConfig(FSDPActorConfig):
-    """verl's FSDP actor config with an ``erc`` field (:class:`ErcConfig`)."""
+    """verl's FSDP actor config with verl-erc's fields.
+
+    Args:
+        erc: Entropy Ratio Clipping (:class:`ErcConfig`).
+        positive_nll_coef: the official ERC code's extra loss (``postive_loss_coeff``, 0.1 in its recipes, not in
+            the paper's text): this coefficient times the negative log-likelihood of the responses whose reward is
+            exactly 1, aggregated per micro-batch with ``loss_agg_mode`` and weighted by the micro-batch's share of
+            the mini-batch, added to the policy loss outside the PPO clip and the ERC mask (no ratio, no advantage;
+            :func:`verl_erc.losses.positive_nll`). Composes with any loss mode, ERC on or off. 0 (default): off,
+            the loss is computed exactly as without the key.
+    """
 
     erc: ErcConfig = field(default_factory=ErcConfig)
+    positive_nll_coef: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.positive_nll_coef >= 0.0:
+            raise ErcConfigError(f"{POSITIVE_NLL_KEY} must be >= 0, got {self.positive_nll_coef}")
         if not self.erc.enable:
             return
         if self.use_fused_kernels:

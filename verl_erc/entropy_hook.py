@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from verl.utils import tensordict_utils as tu
 
-from verl_erc.config import ERC_KEY
+from verl_erc.config import ERC_KEY, POSITIVE_NLL_KEY
 from verl_erc.entropy import DEFAULT_CHUNK_SIZE, entropy_no_grad, vocab_parallel_entropy_no_grad
 from verl_erc.losses import CURRENT_ENTROPY_KEY, ERC_ONPOLICY_FLAG, ErcInputError, erc_ppo_loss
 
@@ -50,6 +50,15 @@ def erc_of_loss(loss_function):
     config = getattr(loss_function, "keywords", {}).get("config")
     erc = getattr(config, "erc", None)
     return erc if erc is not None and erc.enable else None
+
+
+def extensions_of_loss(loss_function) -> list[str]:
+    """The verl-erc terms the loss's actor config asks for (ERC, the positive-sample NLL term)."""
+    config = getattr(loss_function, "keywords", {}).get("config")
+    wanted = [f"{ERC_KEY}.enable=true"] if erc_of_loss(loss_function) is not None else []
+    if getattr(config, "positive_nll_coef", 0.0):
+        wanted.append(f"{POSITIVE_NLL_KEY}={config.positive_nll_coef}")
+    return wanted
 
 
 def vocab_shard_group(logits):
@@ -78,10 +87,10 @@ class ErcEntropyMixin:
                 self._erc_announced = True
                 rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
                 print(f"verl_erc: ERC entropy hook on rank {rank} of {world} ({socket.gethostname()})", flush=True)
-        elif erc is not None and not forward_only:
+        elif not forward_only and getattr(loss_function, "func", None) is not erc_ppo_loss and extensions_of_loss(loss_function):
             raise ErcInputError(
-                f"{ERC_KEY}.enable=true but the actor's loss is {loss_function.func.__module__}."
-                f"{loss_function.func.__name__}, not ERC's: the trainer did not install ERC. Run verl's V1 trainer "
+                f"{' and '.join(extensions_of_loss(loss_function))} but the actor's loss is {loss_function.func.__module__}."
+                f"{loss_function.func.__name__}, not verl-erc's: the trainer did not install ERC's loss. Run verl's V1 trainer "
                 "(trainer.use_v1=true) in a mode verl_erc wires (trainer.v1.trainer_mode=sync, colocate_async or "
                 "separate_async), e.g. with python -m verl_erc.main"
             )

@@ -3,8 +3,9 @@
 - The math, as pure functions a reader can check against the paper (arXiv 2512.05591), lives in
   :mod:`verl_erc.erc.equations` (torch only).
 - ``gppo``: gradient-preserving clipping (eq. 7), registered in verl's policy-loss registry.
-- :func:`erc_ppo_loss`: verl's actor loss ``ppo_loss`` with ERC applied to the policy-gradient
-  term of whatever ``policy_loss.loss_mode`` is configured (vanilla/DAPO, gppo, gspo, cispo, ...).
+- :func:`erc_ppo_loss`: the actor loss the trainer installs: verl's ``ppo_loss`` with ERC applied to the
+  policy-gradient term of whatever ``policy_loss.loss_mode`` is configured (vanilla/DAPO, gppo, gspo, cispo,
+  ...), and the official code's positive-sample NLL term where ``positive_nll_coef`` > 0.
 
 How eq. 9 is applied: a token outside the band has its log-prob replaced by a detached copy
 before the policy loss sees it. Its forward value, and the loss normaliser (sum of |y_i| for
@@ -25,7 +26,14 @@ from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
 from verl_erc.config import ERC_KEY
-from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient, gppo_ratio, within_tolerance
+from verl_erc.erc.equations import (
+    entropy_ratio,
+    erc_keep_mask,
+    gate_gradient,
+    gppo_ratio,
+    positive_tokens,
+    within_tolerance,
+)
 from verl_erc.metric_keys import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
 
 #: model_output key under which the entropy hook (verl_erc.entropy_hook) puts the current entropy.
@@ -184,7 +192,56 @@ def _scatter_to_no_padding(keep: torch.Tensor, response_mask: torch.Tensor, data
     return flat
 
 
+#: update-batch fields that hold a response's reward per token, in the order they are read (verl's V1 trainer writes
+#: token_level_rewards only with a KL penalty in the reward; without one they equal rm_scores)
+REWARD_FIELDS = ("token_level_rewards", "rm_scores")
+
+
 def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
+    """verl-erc's actor loss: verl's ``ppo_loss``, with ERC (``erc.enable``, :func:`ppo_loss_with_erc`) and the
+    official code's positive-sample NLL term (``positive_nll_coef`` > 0, :func:`positive_nll_term`)."""
+    if config.erc.enable:
+        loss, metrics = ppo_loss_with_erc(config, model_output, data, dp_group)
+    else:
+        loss, metrics = ppo_loss(config=config, model_output=model_output, data=data, dp_group=dp_group)
+    if config.positive_nll_coef:
+        term, nll = positive_nll_term(config, model_output, data)
+        loss = loss + term
+        metrics["actor/positive_nll"] = Metric(AggregationType.MEAN, nll)
+    return loss, metrics
+
+
+def positive_nll(log_prob: torch.Tensor, positive: torch.Tensor, loss_agg_mode: str) -> torch.Tensor:
+    """The official code's extra loss on one micro-batch: -log pi on the ``positive`` tokens, aggregated by
+    ``loss_agg_mode`` within the micro-batch (its ``agg_loss`` without global batch sizes); 0 when there are none."""
+    if not positive.any():
+        return log_prob.sum() * 0.0
+    return agg_loss(loss_mat=-log_prob, loss_mask=positive, loss_agg_mode=loss_agg_mode)
+
+
+def micro_batch_share(rows: int, dp_size: int, global_batch_size: int) -> float:
+    """A micro-batch's weight in its mini-batch as the official code (verl 0.5's actor) weights every loss term: its
+    rows / the rank's rows in the mini-batch (``global_batch_size / dp_size``); FSDP averages the ranks in both."""
+    return rows * dp_size / global_batch_size
+
+
+def positive_nll_term(config, model_output: dict, data) -> tuple[torch.Tensor, float]:
+    """``positive_nll_coef`` x :func:`positive_nll` x :func:`micro_batch_share`, on the log-probs as the model gave
+    them: outside the PPO clip and ERC's mask, no ratio, no advantage. Returns (term, the micro-batch's NLL)."""
+    field = next((key for key in REWARD_FIELDS if key in data.keys()), None)
+    if field is None:
+        raise ErcInputError(
+            f"actor_rollout_ref.actor.positive_nll_coef={config.positive_nll_coef} needs each response's reward in the "
+            f"update batch ({' or '.join(REWARD_FIELDS)}), and it has none: run verl's V1 trainer with a reward"
+        )
+    padded = data.select("response_mask", field).to_padded_tensor()
+    positive = positive_tokens(padded["response_mask"], padded[field].sum(-1))
+    nll = positive_nll(no_padding_2_padding(model_output["log_probs"], data), positive, config.loss_agg_mode)
+    share = micro_batch_share(len(data), data["dp_size"], data["global_batch_size"])
+    return config.positive_nll_coef * share * nll, nll.detach().item()
+
+
+def ppo_loss_with_erc(config, model_output: dict, data, dp_group=None):
     """verl's ``ppo_loss`` with ERC's indicator I_t (eq. 9) applied to the policy-gradient term.
 
     Inputs: ``model_output["erc_entropy"]`` (current entropy, no graph, from the entropy hook)
@@ -194,8 +251,6 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
     ``entropy_atol`` nats. The KL-loss and entropy-bonus terms are not gated.
     """
     erc = config.erc
-    if not erc.enable:
-        return ppo_loss(config=config, model_output=model_output, data=data, dp_group=dp_group)
 
     if model_output.get(CURRENT_ENTROPY_KEY) is None:
         raise _missing(

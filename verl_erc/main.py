@@ -33,6 +33,8 @@ def main(config) -> None:
     preflight(config)  # device selection and Ray resources, checked before anything starts
     erc = config.actor_rollout_ref.actor.get("erc")
     state = f"ERC on (beta_low={erc.beta_low}, beta_high={erc.beta_high})" if erc_enabled(config) else "ERC off"
+    if config.actor_rollout_ref.actor.get("positive_nll_coef"):
+        state += f", positive_nll_coef={config.actor_rollout_ref.actor.positive_nll_coef}"
     actor = config.actor_rollout_ref.actor
     print(
         f"verl_erc {__version__}: {state}, loss_mode={actor.policy_loss.loss_mode}, "

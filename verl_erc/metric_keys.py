@@ -8,6 +8,10 @@ A module of its own, importing nothing, so the trainer wiring (loaded while verl
 GENERATED_PROMPTS = "training/filter_groups/generated_prompts"
 #: prompts the step's batch was short of when the bound was reached (the step trained on fewer)
 SHORT_BY_PROMPTS = "training/filter_groups/short_by_prompts"
+#: prompt groups that survived DAPO's filter in the step (at most the batch when verl's sampling filled it)
+KEPT_PROMPTS = "training/filter_groups/kept_prompts"
+#: prompt groups the step trained on
+TRAINED_PROMPTS = "training/filter_groups/trained_prompts"
 #: the filter metric (the recipes: ``acc``, math-verify's 0/1) averaged over every response the step generated,
 #: kept or dropped by DAPO's filter; verl's ``critic/score/mean`` is over the kept groups only
 ALL_GENERATED = "training/filter_groups/all_generated_mean"

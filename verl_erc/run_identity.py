@@ -1,10 +1,13 @@
-"""What defines a run: the part of its composed config that changes the experiment, hashed and compared.
+"""What defines a run: the part of its composed config that changes the experiment, and its inputs' contents.
 
 Every key of the composed (resolved) config is an **experiment key** (loss, ERC knobs, optimizer,
-data, model, lengths, batch shape, seed, ...) except the keys matched by :data:`RELAUNCH_KEYS`:
-resources, logging, checkpoint and validation cadence, micro-batching and memory settings, which a
-relaunch of the same run may change. :mod:`verl_erc.launch` refuses a launch into a run directory
-whose recorded experiment keys differ from the new ones, listing each key with both values.
+data, model, lengths, batch shape, seed, workers' environment, ...) except the keys matched by
+:data:`RELAUNCH_KEYS`: resources, logging, checkpoint and validation cadence, micro-batching and memory
+settings, which a relaunch of the same run may change. ``trainer.total_training_steps`` (and
+``total_epochs``) is one of those unless a learning-rate schedule depends on it (:func:`schedule_depends_on_steps`).
+What the config does not show, the contents behind its paths, is :func:`input_fingerprints`: the training
+and validation files and the model folder. :mod:`verl_erc.launch` refuses a launch into a run directory
+whose recorded experiment keys or inputs differ from the new ones, listing each with both values.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ RELAUNCH_KEYS = (
     "trainer.save_freq", "trainer.test_freq", "trainer.val_before_train", "trainer.max_actor_ckpt_to_keep",
     "trainer.max_critic_ckpt_to_keep", "trainer.resume_mode", "trainer.resume_from_path",
     "trainer.del_local_ckpt_after_load", "trainer.default_local_dir", "trainer.default_hdfs_dir", "trainer.checkpoint_callback_class",
-    # the allocation and the processes on it
-    "trainer.nnodes", "trainer.n_gpus_per_node", "*.nnodes", "*.n_gpus_per_node", "ray_kwargs.*",
+    # the allocation and the processes on it (not the workers' interpreter or other environment: experiment keys)
+    "trainer.nnodes", "trainer.n_gpus_per_node", "*.nnodes", "*.n_gpus_per_node", "ray_kwargs.ray_init.num_cpus",
+    "ray_kwargs.ray_init.num_gpus", "ray_kwargs.ray_init.address", "ray_kwargs.ray_init.include_dashboard",
+    "ray_kwargs.timeline_json_file", *(f"ray_kwargs.ray_init.runtime_env.env_vars.{name}" for name in (
+        "TENSORBOARD_DIR", "VERL_FILE_LOGGER_PATH", "VERL_ERC_STOP_FILE", "TQ_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")),
     "trainer.ray_wait_register_center_timeout", "*.nccl_timeout", "*.agent.num_workers", "reward.num_workers",
-    "data.dataloader_num_workers", "transfer_queue.*", "global_profiler.*", "*.profiler.*", "skip.*",
+    "data.dataloader_num_workers", "transfer_queue.*", "global_profiler.*", "*.profiler.*",
     # parallelism, micro-batching and memory: the same updates, computed in other pieces
     "*.ulysses_sequence_parallel_size", "*.tensor_model_parallel_size", "*.data_parallel_size",
-    "*.fsdp_config.fsdp_size", "*.turbo_config.distributed.*", "*.ppo_micro_batch_size",
+    "*.fsdp_config.fsdp_size", "*.turbo_config.distributed.fsdp_plan.num_to_*_prefetch", "*.ppo_micro_batch_size",
     "*.ppo_micro_batch_size_per_gpu", "*.log_prob_micro_batch_size", "*.log_prob_micro_batch_size_per_gpu",
     "*.ppo_max_token_len_per_gpu", "*.log_prob_max_token_len_per_gpu", "*.use_dynamic_bsz",
     "*.log_prob_use_dynamic_bsz", "*.param_offload", "*.optimizer_offload", "*.offload_policy",
@@ -81,10 +87,37 @@ def config_hash(flat: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+#: the optimizers whose learning-rate schedule may depend on the run's total steps
+OPTIMIZERS = ("actor_rollout_ref.actor.optim", "critic.optim")
+#: the keys that set the run's total steps (verl passes them to the optimizers' schedules)
+TOTAL_STEPS_KEYS = ("trainer.total_training_steps", "trainer.total_epochs")
+
+
+def schedule_depends_on_steps(flat: dict[str, Any]) -> list[str]:
+    """Why the learning-rate schedule of ``flat`` depends on the run's total steps (empty: it does not).
+
+    verl builds each schedule from the total steps (``_build_lr_scheduler``): a cosine decay spans them, and a
+    warm-up given as a ratio (``lr_warmup_steps`` <= 0, ``lr_warmup_steps_ratio`` > 0) is a share of them."""
+    reasons = []
+    for optim in OPTIMIZERS:
+        if optim == "critic.optim" and not flat.get("critic.enable"):
+            continue
+        if flat.get(f"{optim}.lr_scheduler_type") == "cosine":
+            reasons.append(f"{optim}.lr_scheduler_type=cosine decays over the total steps")
+        if (flat.get(f"{optim}.lr_warmup_steps") or 0) <= 0 and (flat.get(f"{optim}.lr_warmup_steps_ratio") or 0) > 0:
+            reasons.append(f"{optim}.lr_warmup_steps_ratio={flat[f'{optim}.lr_warmup_steps_ratio']} is a share of the total steps")
+    return reasons
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key, old value, new value)`` of every experiment key both configs have, with different values."""
-    old, new = experiment_keys(old), experiment_keys(new)
-    return [(key, old[key], new[key]) for key in sorted(old.keys() & new.keys()) if old[key] != new[key]]
+    """``(key, old value, new value)`` of every experiment key both configs have, with different values; the total
+    steps too when the schedule depends on them (:func:`schedule_depends_on_steps`)."""
+    changed = [(key, old[key], new[key]) for key in sorted(experiment_keys(old).keys() & experiment_keys(new).keys())
+               if old[key] != new[key]]
+    if schedule_depends_on_steps(old) or schedule_depends_on_steps(new):
+        changed += [(key, old[key], new[key]) for key in TOTAL_STEPS_KEYS
+                    if key in old and key in new and old[key] != new[key]]
+    return changed
 
 
 def new_and_dropped_keys(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -92,6 +125,66 @@ def new_and_dropped_keys(old: dict[str, Any], new: dict[str, Any]) -> tuple[list
     (e.g. a knob added with its default), not a change of the experiment's values."""
     old, new = experiment_keys(old), experiment_keys(new)
     return sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+
+
+#: files of a model folder whose contents are fingerprinted (small); weight files are fingerprinted by size
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja")
+#: input files up to this size are hashed; larger ones are fingerprinted by size (a weight shard, a huge dataset)
+HASH_LIMIT_BYTES = 512 << 20
+
+
+def file_fingerprint(path: Path) -> str:
+    """``sha256:<hex>`` of a file up to :data:`HASH_LIMIT_BYTES`, else ``bytes:<size>``."""
+    size = path.stat().st_size
+    if size > HASH_LIMIT_BYTES:
+        return f"bytes:{size}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def model_fingerprint(folder: Path) -> dict[str, str]:
+    """A model folder's identity, cheaply: its config, tokenizer and weight index files hashed, every weight file's
+    size (a 15 GB checkpoint is not read)."""
+    found = {name: file_fingerprint(folder / name) for name in MODEL_FILES if (folder / name).is_file()}
+    for path in sorted(folder.glob("*.index.json")):
+        found[path.name] = file_fingerprint(path)
+    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin"), *folder.glob("*.pt")]):
+        found[path.name] = f"bytes:{path.stat().st_size}"
+    return found
+
+
+def input_fingerprints(config: DictConfig) -> dict[str, Any]:
+    """``{what: fingerprint}`` of the run's inputs: each local training and validation file, and the local model
+    folder (``actor_rollout_ref.model.path``). Paths that are not local (a hub id, hdfs://) are left out."""
+    found: dict[str, Any] = {}
+    for key in ("data.train_files", "data.val_files"):
+        paths = OmegaConf.select(config, key, default=None)
+        for path in [paths] if isinstance(paths, str) else list(paths or []):
+            if Path(path).is_file():
+                found[f"{key}: {path}"] = file_fingerprint(Path(path))
+    model = OmegaConf.select(config, "actor_rollout_ref.model.path", default=None)
+    if model and Path(model).is_dir():
+        found[f"actor_rollout_ref.model.path: {model}"] = model_fingerprint(Path(model))
+    return found
+
+
+def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(input, old fingerprint, new fingerprint)`` of every input both record, with different contents; for a
+    model folder, the files that differ."""
+    changed = []
+    for name in sorted(old.keys() & new.keys()):
+        if old[name] == new[name]:
+            continue
+        if isinstance(old[name], dict) and isinstance(new[name], dict):
+            files = sorted(f for f in old[name].keys() | new[name].keys() if old[name].get(f) != new[name].get(f))
+            changed.append((name, {f: old[name].get(f) for f in files}, {f: new[name].get(f) for f in files}))
+        else:
+            changed.append((name, old[name], new[name]))
+    return changed
 
 
 def versions() -> dict[str, str | None]:

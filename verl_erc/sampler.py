@@ -18,6 +18,15 @@ every group shared. ``poll_interval`` (verl: 2 s) comes from ``sampler_kwargs`` 
 contract for custom samplers passes no DAPO settings, so ``sampler_kwargs`` carries the same keys
 verl reads for its own buffer, interpolated in the config.
 
+``sampler_kwargs.one_round_prompts`` (default null) switches to the official ERC recipes' regime
+(verl 0.5's DAPO trainer with ``gen_batch_size=256``, ``max_num_gen_batches=1``): each step generates
+that many prompts at once, waits for all of them, and trains on the groups the filter kept, up to
+``data.train_batch_size``, and on fewer when fewer survived; it never refills. The groups trained on
+are drawn among the survivors regardless of when they finished (verl's selection, not the first to
+finish: that would favour short responses); whole groups only, where the official code cuts the kept
+responses to a multiple of the world size (which, with 8 responses per prompt on 64 GPUs, drops up to
+7 whole groups and never splits one). It needs ``max_num_gen_batches: 1`` (one round).
+
 Every training step also logs :data:`ALL_GENERATED`, the filter metric's mean over *every* response
 the step generated, kept or dropped (:func:`all_generated_mean`): verl's ``critic/score/mean`` is
 over the kept groups only, which DAPO keeps because they are neither all right nor all wrong.
@@ -36,7 +45,7 @@ from verl.trainer.ppo.v1.replay_buffer import (
     _accumulate_eviction_metrics,
 )
 
-from verl_erc.metric_keys import ALL_GENERATED, GENERATED_PROMPTS, SHORT_BY_PROMPTS
+from verl_erc.metric_keys import ALL_GENERATED, GENERATED_PROMPTS, KEPT_PROMPTS, SHORT_BY_PROMPTS, TRAINED_PROMPTS
 
 
 
@@ -75,6 +84,16 @@ class BoundedReplayBuffer(ReplayBuffer):
         refill_failed = bool(sampler_kwargs["sync_refill_failed_groups"])
         train_batch_size = int(sampler_kwargs["train_batch_size"])
         self.max_num_gen_batches = int(filter_groups.get("max_num_gen_batches") or 0) if metric else 0
+        self.one_round_prompts = int(sampler_kwargs.get("one_round_prompts") or 0)
+        if self.one_round_prompts:
+            key = "trainer.v1.sampler.sampler_kwargs.one_round_prompts"
+            if not metric:
+                raise ValueError(f"{key}={self.one_round_prompts} is DAPO's regime: it needs algorithm.filter_groups.enable=true")
+            if self.one_round_prompts < train_batch_size:
+                raise ValueError(f"{key}={self.one_round_prompts} must be >= data.train_batch_size={train_batch_size}")
+            if self.max_num_gen_batches != 1:
+                raise ValueError(f"{key}={self.one_round_prompts} generates one round: set "
+                                 f"algorithm.filter_groups.max_num_gen_batches=1 (got {self.max_num_gen_batches})")
         self._verl_refill = refill_fn
         self._dispatched = 0
         self._step_metrics: dict = {}
@@ -111,14 +130,21 @@ class BoundedReplayBuffer(ReplayBuffer):
             return super().sample(global_steps, partition_id, batch_size)
         self._dispatched = self.train_batch_size  # the step's batch, dispatched by the trainer before sampling
         self._step_metrics = {}
-        try:
-            batch, metrics = super().sample(global_steps, partition_id, batch_size)
-        except _BoundReached:
+        if self.one_round_prompts:  # the rest of the round at once, then no refill
+            self._verl_refill(self.one_round_prompts - self._dispatched)
+            self._dispatched = self.one_round_prompts
             batch, metrics = self._sample_survivors(global_steps, partition_id, batch_size)
+        else:
+            try:
+                batch, metrics = super().sample(global_steps, partition_id, batch_size)
+            except _BoundReached:
+                batch, metrics = self._sample_survivors(global_steps, partition_id, batch_size)
         group_size = len(batch.keys) // len({key.split("_")[0] for key in batch.keys})
         dropped = self._step_metrics.get(DAPO_FILTERED_REWARD_COUNTS_KEY, {})
         all_generated = all_generated_mean(self._metric_values(batch), dropped, group_size)
-        return batch, {**metrics, GENERATED_PROMPTS: self._dispatched, ALL_GENERATED: all_generated}
+        trained = len({key.split("_")[0] for key in batch.keys})
+        metrics.setdefault(KEPT_PROMPTS, trained)
+        return batch, {**metrics, GENERATED_PROMPTS: self._dispatched, TRAINED_PROMPTS: trained, ALL_GENERATED: all_generated}
 
     def _metric_values(self, batch) -> list[float]:
         """The filter metric of each response of ``batch``, read from TransferQueue as verl's filter reads it."""
@@ -151,9 +177,14 @@ class BoundedReplayBuffer(ReplayBuffer):
             metrics[f"{self._metrics_prefix(partition_id)}/filter_groups/discarded_surplus_samples"] = len(surplus)
         metrics.pop(DAPO_FILTERED_REWARD_COUNTS_KEY, None)  # verl's table logger reads it from the trainer's metrics
         metrics[SHORT_BY_PROMPTS] = batch_size - len(selected)
-        print(f"verl_erc: step {global_steps}: dynamic sampling reached algorithm.filter_groups.max_num_gen_batches="
-              f"{self.max_num_gen_batches} ({self._dispatched} prompts); training on the {len(selected)} of {batch_size} "
-              "groups that survived", flush=True)
+        metrics[KEPT_PROMPTS] = len(survivors)
+        if self.one_round_prompts:
+            what = f"one round of {self._dispatched} prompts (trainer.v1.sampler.sampler_kwargs.one_round_prompts)"
+        else:
+            what = (f"dynamic sampling reached algorithm.filter_groups.max_num_gen_batches={self.max_num_gen_batches} "
+                    f"({self._dispatched} prompts)")
+        print(f"verl_erc: step {global_steps}: {what}: {len(survivors)} groups survived the filter; training on "
+              f"{len(selected)} of {batch_size}", flush=True)
         return self._materialize_batch(partition_id, selected, snapshot), metrics
 
     def _nothing_to_train_message(self, global_steps: int) -> str:

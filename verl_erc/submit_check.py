@@ -1,8 +1,8 @@
 """``python -m verl_erc.submit_check RECIPE --nodes N --gpus-per-node G``: will the job run on its allocation?
 
 ``slurm/submit.sh`` runs this before every submission (``--check`` alone, ``--no-check`` skips it), on
-the CPU, in seconds, on the exact config the job will run: the recipe's command (its dry run) with the
-node and GPU counts ``slurm/erc_ray.sbatch`` adds, then the user's overrides. It runs verl's own
+the CPU, in seconds, on the exact config the job will run: the recipe's command (:mod:`verl_erc.recipes`) with
+the node and GPU counts ``slurm/erc_ray.sbatch`` adds, then the user's overrides. It runs verl's own
 ``validate_config`` and config dataclasses and ERC's ``validate_erc_config``, then what verl 0.9.1
 asserts only on the GPU workers, once the job has started (see :func:`shape_problems`), the inputs
 (data, model, run directory) and an estimate of the memory per GPU of the FSDP states next to vLLM's
@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,21 +43,22 @@ class CheckError(RuntimeError):
 
 
 def job_command(recipe: str, nodes: int, gpus: int, overrides: list[str]) -> tuple[str, list[str], Path]:
-    """(config name, Hydra overrides, run directory) of the job's command: the recipe's dry run with the
-    allocation's keys where erc_ray.sbatch puts them (before the user's overrides, which win)."""
-    script = ROOT / "recipes" / f"{recipe}.sh"
-    if recipe.startswith("_") or recipe == "rehearse" or not script.is_file():
-        raise CheckError(f"no recipe '{recipe}' in {script.parent}")
+    """(config name, Hydra overrides, run directory) of the job's command (:func:`verl_erc.recipes.recipe_command`,
+    or an evaluation's, :func:`verl_erc.evaluate.plan`), with the allocation's keys where erc_ray.sbatch puts them
+    (before the user's overrides, which win)."""
+    from verl_erc.evaluate import plan
+    from verl_erc.recipes import RecipeError, recipe_command
+
     shape = [f"trainer.nnodes={nodes}", f"trainer.n_gpus_per_node={gpus}"]
-    proc = subprocess.run(["bash", str(script), *shape, *overrides], capture_output=True, text=True,
-                          env={**os.environ, "VERL_ERC_DRY_RUN": "1"})
-    command = next((line[len("command: "):] for line in proc.stdout.splitlines() if line.startswith("command: ")), None)
-    run_dir = re.search(r"^run directory: (\S+) \(", proc.stdout, re.M)
-    if proc.returncode != 0 or command is None or run_dir is None:
-        raise CheckError(f"recipes/{recipe}.sh did not give its command:\n{proc.stderr.strip() or proc.stdout.strip()}")
-    words = shlex.split(command)
-    at = words.index("--config-name")
-    return words[at + 1], words[at + 2:], Path(run_dir.group(1))
+    try:
+        if recipe == "evaluate":
+            command = plan([*shape, *overrides], {**os.environ, "VERL_ERC_DRY_RUN": "1"}).command()
+        else:
+            command = recipe_command(recipe, [*shape, *overrides])
+    except RecipeError as error:
+        raise CheckError(str(error)) from error
+    argv = command.argv
+    return command.config_name, argv[argv.index("--config-name") + 2:], command.run_dir
 
 
 def compose_job_config(name: str, overrides: list[str]) -> DictConfig:
@@ -162,28 +160,20 @@ def data_problems(cfg: DictConfig) -> list[Problem]:
 
 
 def run_dir_problems(cfg: DictConfig, run_dir: Path) -> list[Problem]:
-    """The run directory can be written, and a launch into it would not be refused (verl_erc.launch)."""
-    from verl_erc.checkpoints import newest_complete_step
-    from verl_erc.launch import CONFIG_FILE, FORCE_KEY, IDENTITY_FILE
-    from verl_erc.run_identity import differences, flat_config
+    """The run directory can be written, and a launch into it would not be refused (the launch's own rule,
+    :func:`verl_erc.launch.launch_refusal`)."""
+    from verl_erc.launch import launch_refusal, observe
 
     existing = run_dir
     while not existing.exists():
         existing = existing.parent
     if not os.access(existing, os.W_OK):
         return [Problem("run directory", run_dir, f"{existing} is not writable", "ERC_RUNS_DIR on a writable file system")]
-    problems = []
-    if (run_dir / IDENTITY_FILE).is_file() and not OmegaConf.select(cfg, FORCE_KEY, default=False):
-        changed = differences(flat_config(OmegaConf.load(run_dir / CONFIG_FILE)), flat_config(cfg))
-        if changed:
-            listing = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed[:8])
-            problems.append(Problem("run directory", run_dir, f"it holds a run this job changes ({listing}): the launch "
-                                    "would be refused", f"another ERC_RUN_NAME, or {FORCE_KEY}=true to continue it on purpose"))
-    total, done = cfg.trainer.total_training_steps, newest_complete_step(Path(cfg.trainer.default_local_dir))
-    if total is not None and done >= total:
-        problems.append(Problem("trainer.total_training_steps", total, f"the run already finished (checkpoint of step "
-                                f"{done}): the launch would be refused", "raise it to train on, or another ERC_RUN_NAME"))
-    return problems
+    refusal = launch_refusal(cfg, observe(cfg, run_dir, Path(os.path.abspath(cfg.trainer.default_local_dir))))
+    if refusal:
+        return [Problem("run directory", run_dir, f"the launch would be refused: {refusal}",
+                        "another ERC_RUN_NAME, or what the refusal names")]
+    return []
 
 
 def shape_problems(cfg: DictConfig, model: ModelFacts | None) -> list[Problem]:

@@ -33,7 +33,7 @@ from verl.trainer.distillation import is_distillation_enabled
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.utils.config import omega_conf_to_dataclass
 
-from verl_erc.config import ERC_KEY, ErcConfigError, ErcFSDPActorConfig
+from verl_erc.config import ERC_KEY, POSITIVE_NLL_KEY, ErcConfigError, ErcFSDPActorConfig
 from verl_erc.losses import erc_ppo_loss
 from verl_erc.metric_keys import ALL_GENERATED, ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
 from verl_erc.old_pass import ALIGNED_OLD_PASS_KEY, aligned_split_problems, update_split
@@ -55,6 +55,7 @@ SUMMARY_FIELDS = (
     ("high", "actor/erc_clipfrac_high", ".4f"),
     ("low", "actor/erc_clipfrac_low", ".4f"),
     ("rho", "actor/erc_ratio_mean", ".3f"),
+    ("pos_nll", "actor/positive_nll", ".3f"),  # the official code's extra loss (positive_nll_coef > 0)
     ("grad_norm", "actor/grad_norm", ".3g"),
     ("step_s", "timing_s/step", ".1f"),
 )
@@ -75,19 +76,27 @@ def erc_enabled(config: DictConfig) -> bool:
     return bool(OmegaConf.select(config, f"{ERC_KEY}.enable", default=False))
 
 
+def extends_actor_loss(config: DictConfig) -> bool:
+    """True when the actor's loss must be verl-erc's (:func:`verl_erc.losses.erc_ppo_loss`): ERC, or the official
+    code's positive-sample NLL term (``actor_rollout_ref.actor.positive_nll_coef`` > 0)."""
+    return erc_enabled(config) or bool(OmegaConf.select(config, POSITIVE_NLL_KEY, default=0.0))
+
+
 def erc_trainer_modes() -> list[str]:
     """The V1 trainer modes in which ERC is wired (verl's, wrapped by :func:`install_erc_trainers`)."""
     return sorted(name for name, cls in TRAINER_REGISTRY.items() if issubclass(cls, ErcTrainerMixin))
 
 
 def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
-    """Check that ERC, if enabled, will really run; raise :class:`ErcConfigError` naming every fix.
+    """Check that ERC and the positive-sample NLL term, if on, will really run; raise :class:`ErcConfigError`
+    naming every fix.
 
-    Returns the actor dataclass config (which validates the ``erc`` knobs) when ERC is enabled.
+    Returns the actor dataclass config (which validates the ``erc`` knobs) when either is on.
     """
-    if not erc_enabled(config):
+    if not extends_actor_loss(config):
         return None
     omega_conf_to_dataclass(OmegaConf.select(config, ERC_KEY))  # the knobs' own checks first
+    what = f"{ERC_KEY}.enable=true" if erc_enabled(config) else f"{POSITIVE_NLL_KEY}>0"
     problems = []
     mode = OmegaConf.select(config, "trainer.v1.trainer_mode")
     if not config.trainer.get("use_v1", True):
@@ -99,18 +108,18 @@ def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
             f"trainer.v1.trainer_mode={mode} is not a verl trainer that verl_erc wires ERC into; "
             f"use one of {', '.join(erc_trainer_modes())} (check that the plugin loads: python -m verl_erc --check)"
         )
-    if OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode", default=False):
+    if erc_enabled(config) and OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode", default=False):
         problems.append(
             "algorithm.rollout_correction.bypass_mode=true skips the old-log-prob recompute, so there is "
             "no old-policy entropy; set it to false"
         )
     for key in ("actor_rollout_ref.model.use_fused_kernels", "actor_rollout_ref.actor.use_fused_kernels"):
-        if OmegaConf.select(config, key, default=False):
+        if erc_enabled(config) and OmegaConf.select(config, key, default=False):
             problems.append(f"{key}=true never materialises the logits ERC's entropy needs; set it to false")
-    if OmegaConf.select(config, f"{ERC_KEY}.old_pass", default="aligned") == "aligned":
+    if erc_enabled(config) and OmegaConf.select(config, f"{ERC_KEY}.old_pass", default="aligned") == "aligned":
         problems += aligned_split_problems(config)
     if is_distillation_enabled(config.get("distillation")):
-        problems.append("distillation is enabled: ERC composes with verl's ppo_loss, not distillation_ppo_loss")
+        problems.append("distillation is enabled: verl-erc's loss extends verl's ppo_loss, not distillation_ppo_loss")
     actor_cls = get_class(config.actor_rollout_ref.actor._target_)
     if not issubclass(actor_cls, ErcFSDPActorConfig):
         problems.append(
@@ -119,7 +128,7 @@ def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
             "hydra_conf/erc_base.yaml"
         )
     if problems:
-        raise ErcConfigError(f"{ERC_KEY}.enable=true cannot run as configured:\n  - " + "\n  - ".join(problems))
+        raise ErcConfigError(f"{what} cannot run as configured:\n  - " + "\n  - ".join(problems))
     return omega_conf_to_dataclass(config.actor_rollout_ref.actor)
 
 
@@ -134,8 +143,8 @@ class ErcTrainerMixin:
     _stoppable_cls: type  # verl's class with StopOnRequestMixin: ERC off, launched by verl_erc.main
 
     def __new__(cls, *args, **kwargs):
-        if not erc_enabled(_config_argument(args, kwargs)):
-            # ERC off: verl's own trainer. Python skips cls.__init__ since the object is not a cls.
+        if not extends_actor_loss(_config_argument(args, kwargs)):
+            # ERC (and the NLL term) off: verl's own trainer. Python skips cls.__init__ since the object is not a cls.
             return (cls._stoppable_cls if os.environ.get(STOP_FILE_ENV) else cls._verl_cls)(*args, **kwargs)
         return super().__new__(cls)
 
@@ -146,17 +155,18 @@ class ErcTrainerMixin:
     def _setup(self):
         super()._setup()
         self.actor_rollout_wg.set_loss_fn(partial(erc_ppo_loss, config=self._erc_actor_config))
-        erc = self._erc_actor_config.erc
+        actor = self._erc_actor_config
+        erc = actor.erc
+        parts = [f"ERC (beta_low={erc.beta_low}, beta_high={erc.beta_high}, old_pass={erc.old_pass})" if erc.enable
+                 else "ERC off", f"positive_nll_coef={actor.positive_nll_coef}"]
         # printed, not logged: verl's vLLM server module raises the root handler to ERROR in this process
-        print(
-            f"verl_erc: ERC loss installed in the actor workers (beta_low={erc.beta_low}, beta_high={erc.beta_high}, "
-            f"base loss_mode={self._erc_actor_config.policy_loss.loss_mode}, old_pass={erc.old_pass})",
-            flush=True,
-        )
+        print(f"verl_erc: verl-erc's loss installed in the actor workers: {', '.join(parts)}, base "
+              f"loss_mode={actor.policy_loss.loss_mode}", flush=True)
 
     def _compute_old_log_prob(self, batch, metrics):
         """verl's old-log-prob pass; with ``erc.old_pass=aligned``, on the update's micro-batches (:mod:`verl_erc.old_pass`)."""
-        if self._erc_actor_config.erc.old_pass != "aligned":
+        erc = self._erc_actor_config.erc
+        if not erc.enable or erc.old_pass != "aligned":
             return super()._compute_old_log_prob(batch, metrics)
         batch.extra_info[ALIGNED_OLD_PASS_KEY] = update_split(self.config)
         try:

@@ -35,7 +35,7 @@ from verl_erc.cpu import task
 from verl_erc.data import chat_prompt, user_prompt
 
 #: bump when anything below changes what gets built (the cache keeps one folder per version)
-ASSET_VERSION = "v8"
+ASSET_VERSION = "v9"
 SEED = 0
 CACHE_ENV = "VERL_ERC_CACHE_DIR"
 

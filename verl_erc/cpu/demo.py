@@ -1,6 +1,6 @@
 """``python -m verl_erc.cpu.demo``: the laptop rehearsals of the paper's DAPO and ERC-DAPO 7B recipes, then compared.
 
-Runs ``recipes/rehearse.sh dapo_7b`` and ``recipes/rehearse.sh erc_dapo_7b`` (the recipes' own
+Runs the rehearsals of ``dapo_7b`` and ``erc_dapo_7b`` (``recipes/rehearse.sh``: the recipes' own
 configs and launcher at toy scale on CPU, ``hydra_conf/rehearsal/laptop.yaml``) with their run
 directories in one fresh output directory, then writes the comparison report of
 :mod:`verl_erc.compare` for the two runs::
@@ -33,15 +33,15 @@ from datetime import datetime
 from pathlib import Path
 
 from verl_erc.compare import write_report
+from verl_erc.recipes import run_name
 
-REHEARSE = Path(__file__).resolve().parents[2] / "recipes" / "rehearse.sh"
 #: the recipes rehearsed, baseline first: compare pairs erc_<name> with <name>
 RECIPES = ("dapo_7b", "erc_dapo_7b")
 
 
 def rehearsal_command(recipe: str, overrides: list[str]) -> list[str]:
-    """The command of one rehearsal (its run directory goes under ``$ERC_RUNS_DIR``)."""
-    return ["bash", str(REHEARSE), recipe, *overrides]
+    """The command of one rehearsal, as ``recipes/rehearse.sh`` runs it (its run directory goes under ``$ERC_RUNS_DIR``)."""
+    return [sys.executable, "-m", "verl_erc.recipes", "rehearse", recipe, *overrides]
 
 
 def plan_runs(seeds: list[int] | None) -> list[tuple[str, int]]:
@@ -51,12 +51,12 @@ def plan_runs(seeds: list[int] | None) -> list[tuple[str, int]]:
 
 def run_one(recipe: str, seed: int, out: Path, overrides: list[str]) -> Path:
     """Rehearse one recipe, echoing its output and saving it to ``out/logs/<run>.log``; return its run directory."""
-    name = f"{recipe}-seed{seed}"
+    name = run_name(recipe, seed)
     log_path = out / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = rehearsal_command(recipe, overrides)
     env = {**os.environ, "ERC_RUNS_DIR": str(out), "ERC_SEED": str(seed), "ERC_PYTHON": sys.executable}
-    print(f"\n=== {name}: {' '.join(cmd[1:])}\n=== log: {log_path}", flush=True)
+    print(f"\n=== {name}: {' '.join(cmd[2:])}\n=== log: {log_path}", flush=True)
     start = time.monotonic()
     with open(log_path, "w") as log, subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1

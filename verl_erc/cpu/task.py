@@ -13,8 +13,9 @@ of a rehearsal reads as an AIME24 or MATH500 score. The recipes' reward (:mod:`v
 math-verify on the last ``\\boxed{}``) grades the responses.
 
 The toy model (:mod:`verl_erc.cpu.assets`) is warmed up on the *format* of a response only: it
-restates the problem (``3 times one is``), answers ``\\boxed{d}`` with a random digit ``d``, then
-runs on with filler words, mostly a few and now and then many. So responses vary in length, a few
+restates the problem (``3 times one is``), closes that "thinking" with ``</think>`` as DeepSeek-R1's
+distilled models do (the official recipes' reward grades only what follows it), answers ``\\boxed{d}``
+with a random digit ``d``, then runs on with filler words, mostly a few and now and then many. So responses vary in length, a few
 run into the rehearsals' length limit (the overlong penalty acts without dominating the reward),
 and the reward starts at ~0.1, leaving GRPO groups mixed often enough for dynamic sampling to
 keep and to drop. To answer, the model has to carry the operand it already restates into the box,
@@ -32,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from verl_erc import data
+from verl_erc.reward import THINK_END
 
 #: the training set's phrasings of a problem
 TRAIN_PHRASINGS = ("What is {a} * 1?", "Compute {a} * 1.")
@@ -67,10 +69,11 @@ def heldout_questions(a: int) -> list[str]:
 
 
 def response(rng: random.Random, a: int) -> str:
-    """A response in the task's format for operand ``a``: it restates the problem, answers a random digit
-    in ``\\boxed{}``, then runs on with filler words (mostly a few, now and then many)."""
+    """A response in the task's format for operand ``a``: it restates the problem (its "thinking", closed by
+    ``</think>`` as a reasoning model's is), answers a random digit in ``\\boxed{}``, then runs on with filler words
+    (mostly a few, now and then many)."""
     words = [rng.choice(FILLER) for _ in range(min(FILLER_MAX, int(rng.expovariate(1 / FILLER_MEAN))))]
-    return " ".join([f"{a} times one is \\boxed{{{rng.randrange(10)}}}", *words])
+    return " ".join([f"{a} times one is {THINK_END} \\boxed{{{rng.randrange(10)}}}", *words])
 
 
 def write_sources(raw_dir: Path, repeats: int = 32, seed: int = 0) -> dict[str, Path]:

@@ -3,6 +3,8 @@
 - :func:`entropy_ratio` (eq. 8), :func:`erc_keep_mask` (the indicator of eq. 9),
   :func:`within_tolerance` (our ``entropy_atol``: a change at the numerical noise floor is no change),
   :func:`gate_gradient` (how eq. 9's indicator is applied), :func:`gppo_ratio` (eq. 7).
+- :func:`positive_tokens`: the tokens of the official code's extra loss (not in the paper's text): the
+  response tokens of responses whose reward is exactly 1.
 
 How eq. 9 is applied: a token outside the band has its log-prob replaced by a detached copy before the policy
 loss sees it. Its forward value, and the loss normaliser (sum of |y_i| for token-mean), are unchanged; its
@@ -45,3 +47,9 @@ def gppo_ratio(ratio: torch.Tensor, clip_low: float, clip_high: float) -> torch.
     """
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     return clipped.detach() + (ratio - ratio.detach()) * (clipped / ratio).detach()
+
+
+def positive_tokens(response_mask: torch.Tensor, sequence_reward: torch.Tensor, positive_reward: float = 1.0) -> torch.Tensor:
+    """``[bsz, response_len]`` bool: the response tokens of the responses whose summed reward equals
+    ``positive_reward`` exactly (the official ERC code's positive samples, ``sum(token_level_rewards) == 1.0``)."""
+    return response_mask.bool() & (sequence_reward == positive_reward).unsqueeze(-1)

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# DAPO on DeepSeek-R1-Distill-Qwen-1.5B as the official code ran it.
+# Usage: recipes/dapo_1p5b_official.sh [hydra overrides...]   (environment: python -m verl_erc.recipes --help)
+exec "${ERC_PYTHON:-python}" -m verl_erc.recipes run dapo_1p5b_official "$@"

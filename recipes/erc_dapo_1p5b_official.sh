@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# ERC-DAPO on DeepSeek-R1-Distill-Qwen-1.5B as the official code ran it.
+# Usage: recipes/erc_dapo_1p5b_official.sh [hydra overrides...]   (environment: python -m verl_erc.recipes --help)
+exec "${ERC_PYTHON:-python}" -m verl_erc.recipes run erc_dapo_1p5b_official "$@"
