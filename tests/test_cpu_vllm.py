@@ -177,3 +177,22 @@ def test_the_run_clean_up_removes_only_new_multiprocessing_files_and_nothing_whe
     finally:
         for path in (staged, new, cache):
             path.unlink(missing_ok=True)
+
+
+def test_a_failing_clean_up_never_replaces_the_runs_result(monkeypatch, capsys):
+    """verl_erc.shm.removes_run_leftovers: an error of the clean-up is printed; the run's own exception (or its
+    success) is what the caller sees."""
+    from verl_erc import shm
+
+    def broken(*args):
+        raise OSError("clean-up broke")
+
+    monkeypatch.setattr(shm, "_clean_up", broken)
+    monkeypatch.setattr(shm, "local_ray_node_processes", lambda: [])
+    with pytest.raises(KeyError, match="the run's own error"):
+        with shm.removes_run_leftovers(poll_s=60):
+            raise KeyError("the run's own error")
+    with shm.removes_run_leftovers(poll_s=60):
+        pass  # a run that succeeded still succeeds
+    out = capsys.readouterr().out
+    assert out.count("the run's clean-up failed (OSError: clean-up broke)") == 2

@@ -6,6 +6,7 @@ Real configs (the recipes' composed configs) and real checkpoint folders as verl
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import pytest
@@ -207,3 +208,97 @@ def test_data_pt_is_complete_only_as_a_whole_archive(tmp_path):
     data = (tmp_path / "data.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     assert not zipfile.is_zipfile(tmp_path / "cut.pt")
+
+
+# --- the holes a review found (issue 33): each a launch that must be refused -----------------------------
+
+
+def launched_to_step(run_dir, *overrides, step=2):
+    """A run directory holding a launch that saved ``step``."""
+    launch = prepare_launch(recipe_config(run_dir, *overrides))
+    save_step(launch.checkpoint_dir, step)
+    finish_launch(launch)
+    return launch
+
+
+def test_a_relaunch_into_an_empty_checkpoint_folder_is_refused_not_restarted_from_scratch(launch_env, tmp_path):
+    run_dir = launch_env  # under a recipe: VERL_ERC_RUN_DIR names the run directory
+    launched_to_step(run_dir)
+    with pytest.raises(LaunchRefused, match="reached step 2") as refused:
+        prepare_launch(recipe_config(run_dir, f"trainer.default_local_dir={tmp_path}/elsewhere"))
+    assert str(run_dir / "checkpoints") in str(refused.value)
+    assert prepare_launch(recipe_config(run_dir)).start_step == 2  # its own checkpoint folder: resumed
+
+
+@pytest.mark.parametrize("override", [
+    "skip.rollout.enable=true",  # verl's rollout skip replays dumped rollouts instead of generating
+    "actor_rollout_ref.actor.fsdp_config.turbo_config.distributed.fsdp_plan.param_dtype=fp32",
+    "++ray_kwargs.ray_init.runtime_env.env_vars.CUBLAS_WORKSPACE_CONFIG=:16:8",  # the workers' environment
+    "++ray_kwargs.ray_init.runtime_env.py_executable=/opt/other/bin/python",  # another interpreter and packages
+])
+def test_keys_that_change_the_experiment_are_refused(launch_env, override):
+    launched_to_step(launch_env)
+    key = override.lstrip("+").split("=")[0]
+    with pytest.raises(LaunchRefused, match=re.escape(key)):
+        prepare_launch(recipe_config(launch_env, override))
+
+
+def test_the_total_steps_are_an_experiment_key_where_the_schedule_depends_on_them(launch_env):
+    launched_to_step(launch_env)  # the recipes' constant learning rate: extending the run is the same run
+    assert prepare_launch(recipe_config(launch_env, "trainer.total_training_steps=8")).start_step == 2
+
+
+@pytest.mark.parametrize("schedule", [["actor_rollout_ref.actor.optim.lr_scheduler_type=cosine"],
+                                      ["actor_rollout_ref.actor.optim.lr_warmup_steps=-1",
+                                       "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1"]])
+def test_extending_a_run_whose_schedule_spans_its_steps_is_refused(launch_env, schedule):
+    launched_to_step(launch_env, *schedule)
+    with pytest.raises(LaunchRefused, match=r"trainer.total_training_steps: 4 -> 8"):
+        prepare_launch(recipe_config(launch_env, *schedule, "trainer.total_training_steps=8"))
+
+
+def test_changed_data_or_model_contents_under_the_same_paths_are_refused(launch_env, tmp_path):
+    data, model = tmp_path / "data", tmp_path / "model"
+    data.mkdir()
+    model.mkdir()
+    (data / "train.parquet").write_bytes(b"the training set")
+    (data / "val.parquet").write_bytes(b"the benchmarks")
+    (model / "config.json").write_text('{"hidden_size": 8}')
+    (model / "model.safetensors").write_bytes(b"w" * 100)
+    paths = [f"data.train_files={data}/train.parquet", f"data.val_files={data}/val.parquet",
+             f"actor_rollout_ref.model.path={model}"]
+    launched_to_step(launch_env, *paths)
+    identity = json.loads((launch_env / "identity.json").read_text())
+    assert identity["inputs"][f"actor_rollout_ref.model.path: {model}"]["model.safetensors"] == "bytes:100"
+    (data / "train.parquet").write_bytes(b"another training set")
+    with pytest.raises(LaunchRefused, match=f"data.train_files: {data}/train.parquet: sha256:"):
+        prepare_launch(recipe_config(launch_env, *paths))
+    (data / "train.parquet").write_bytes(b"the training set")
+    (model / "model.safetensors").write_bytes(b"w" * 101)  # another checkpoint under the same folder
+    with pytest.raises(LaunchRefused, match=r"model.safetensors': 'bytes:100'"):
+        prepare_launch(recipe_config(launch_env, *paths))
+    launch = prepare_launch(recipe_config(launch_env, *paths, "run_guard.allow_changes=true"))  # on purpose: recorded
+    assert launch.start_step == 2
+    assert json.loads((launch_env / "identity.json").read_text())["launches"][-1]["changed"][0][0].startswith(
+        "actor_rollout_ref.model.path")
+
+
+def test_a_truncated_identity_is_refused_naming_the_file_and_nothing_is_written(launch_env):
+    launched_to_step(launch_env)
+    identity = launch_env / "identity.json"
+    identity.write_text(identity.read_text()[:40])  # as an old version's write cut short by a kill left it
+    config_before = (launch_env / "config.yaml").read_text()
+    with pytest.raises(LaunchRefused, match="identity.json or config.yaml cannot be read"):
+        prepare_launch(recipe_config(launch_env))
+    assert (launch_env / "config.yaml").read_text() == config_before and len(identity.read_text()) == 40
+    assert not list(launch_env.glob(".*.tmp"))  # the atomic writes leave no temporary file behind
+
+
+def test_a_changed_package_version_is_shown_at_launch(launch_env, monkeypatch, capsys):
+    import verl_erc.launch as launch_module
+
+    launched_to_step(launch_env)
+    real = launch_module.versions()
+    monkeypatch.setattr(launch_module, "versions", lambda: {**real, "verl": "0.9.2"})
+    prepare_launch(recipe_config(launch_env))
+    assert "package versions changed since this run's last launch (recorded): verl 0.9.1 -> 0.9.2" in capsys.readouterr().out

@@ -109,11 +109,21 @@ def schedule_depends_on_steps(flat: dict[str, Any]) -> list[str]:
     return reasons
 
 
+#: config nodes whose keys are the user's (a worker environment variable): one set or unset is a change of the
+#: experiment, not a key another verl version added (:func:`new_and_dropped_keys`)
+FREE_FORM = ("ray_kwargs.ray_init.runtime_env.env_vars.",)
+#: how :func:`differences` shows a free-form key one of the configs does not set
+NOT_SET = "<not set>"
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key, old value, new value)`` of every experiment key both configs have, with different values; the total
-    steps too when the schedule depends on them (:func:`schedule_depends_on_steps`)."""
-    changed = [(key, old[key], new[key]) for key in sorted(experiment_keys(old).keys() & experiment_keys(new).keys())
-               if old[key] != new[key]]
+    """``(key, old value, new value)`` of every experiment key both configs have, with different values, and of
+    every free-form key (:data:`FREE_FORM`) one of them sets; the total steps too when the schedule depends on them
+    (:func:`schedule_depends_on_steps`)."""
+    old_keys, new_keys = experiment_keys(old).keys(), experiment_keys(new).keys()
+    changed = [(key, old.get(key, NOT_SET), new.get(key, NOT_SET)) for key in sorted(old_keys | new_keys)
+               if (key in old_keys and key in new_keys and old[key] != new[key])
+               or ((key in old_keys) != (key in new_keys) and key.startswith(FREE_FORM))]
     if schedule_depends_on_steps(old) or schedule_depends_on_steps(new):
         changed += [(key, old[key], new[key]) for key in TOTAL_STEPS_KEYS
                     if key in old and key in new and old[key] != new[key]]
@@ -124,7 +134,8 @@ def new_and_dropped_keys(old: dict[str, Any], new: dict[str, Any]) -> tuple[list
     """Experiment keys only the new config has, and only the old one has: a newer or older verl or verl-erc
     (e.g. a knob added with its default), not a change of the experiment's values."""
     old, new = experiment_keys(old), experiment_keys(new)
-    return sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    return ([key for key in sorted(new.keys() - old.keys()) if not key.startswith(FREE_FORM)],
+            [key for key in sorted(old.keys() - new.keys()) if not key.startswith(FREE_FORM)])
 
 
 #: files of a model folder whose contents are fingerprinted (small); weight files are fingerprinted by size
