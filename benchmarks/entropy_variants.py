@@ -32,7 +32,7 @@ def _variants(vocab: int, device: str) -> dict:
     import torch
     from verl.utils import torch_functional as verl_F
 
-    from verl_erc import entropy as E
+    from verl_erc.erc import entropy as E
 
     def rows_loop(step):
         def fn(x):
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     import multiprocessing as mp
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "verl.utils.torch_functional", "verl_erc.entropy", "psutil"])
+    ctx.set_forkserver_preload(["torch", "verl.utils.torch_functional", "verl_erc.erc.entropy", "psutil"])
 
     def launch(kind, spec):
         a, b = ctx.Pipe(duplex=False)

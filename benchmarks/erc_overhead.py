@@ -5,8 +5,8 @@ Variants (same model, same inputs, same verl loss code):
 
 * ``baseline``  DAPO: verl's ``vanilla`` policy loss, clip 0.2/0.28, token-mean; no entropy.
 * ``erc``       ERC as verl-erc does it: the current entropy from the logits WITHOUT a graph
-                (``verl_erc.entropy.entropy_no_grad``, chunked), the ratio/mask/gate of
-                ``verl_erc.losses`` (``entropy_ratio``, ``erc_keep_mask``, ``gate_gradient``)
+                (``verl_erc.erc.entropy.entropy_no_grad``, chunked), the ratio/mask/gate of
+                ``verl_erc.erc.losses`` (``entropy_ratio``, ``erc_keep_mask``, ``gate_gradient``)
                 applied to the log-probs the DAPO loss sees.
 * ``naive``     ERC the straightforward way (verl's ``calculate_entropy=True``, as the paper's
                 fork does): verl's ``entropy_from_logits`` on the graph-carrying logits, the same
@@ -94,10 +94,10 @@ TARGETS = {"erc_time_ratio_max": 1.05, "erc_mem_ratio_max": 1.05}
 
 def _erc_functions():
     """(entropy_no_grad, entropy_ratio, erc_keep_mask, gate_gradient, source) from the package."""
-    from verl_erc.entropy import entropy_no_grad
+    from verl_erc.erc.entropy import entropy_no_grad
     from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient
 
-    return entropy_no_grad, entropy_ratio, erc_keep_mask, gate_gradient, "verl_erc.entropy + verl_erc.losses"
+    return entropy_no_grad, entropy_ratio, erc_keep_mask, gate_gradient, "verl_erc.erc.entropy + verl_erc.erc.losses"
 
 
 class _Bench:
@@ -195,7 +195,7 @@ class _Bench:
         graph = verl_F.entropy_from_logits(logits) if variant in GRAPH_ENTROPY_VARIANTS else None
         if variant in ("erc", "erc_bonus_twice"):
             return graph, self.entropy_no_grad(logits, None, self.spec["chunk_size"])
-        if variant == "erc_chunk256":  # verl_erc.entropy before the CPU chunk cap
+        if variant == "erc_chunk256":  # verl_erc.erc.entropy before the CPU chunk cap
             with torch.no_grad():
                 return None, torch.cat([verl_F.entropy_from_logits(c) for c in logits.split(256)])
         if variant == "erc_unchunked":
@@ -356,8 +356,8 @@ PRELOAD = [
     "transformers.models.qwen2.modeling_qwen2",
     "verl.trainer.ppo.core_algos",
     "verl.workers.config",
-    "verl_erc.entropy",
-    "verl_erc.losses",
+    "verl_erc.erc.entropy",
+    "verl_erc.erc.losses",
 ]
 
 
@@ -619,7 +619,7 @@ def main(argv=None) -> int:
         if getattr(args, k, None) is not None:
             shape[k] = getattr(args, k)
     if args.chunk_size is None:
-        from verl_erc.entropy import DEFAULT_CHUNK_SIZE
+        from verl_erc.erc.entropy import DEFAULT_CHUNK_SIZE
 
         args.chunk_size = DEFAULT_CHUNK_SIZE
     if args.device == "cuda":

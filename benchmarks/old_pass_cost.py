@@ -7,7 +7,7 @@ verl's ``infer_batch`` on the same worker and batch, interleaved round by round 
 
 * ``verl``: the whole per-rank batch packed by ``log_prob_max_token_len_per_gpu`` (``--infer-tokens``);
 * ``aligned``: the batch split into the update's mini-batches (``--mini-batches``), each packed by
-  ``ppo_max_token_len_per_gpu`` (``--update-tokens``), as the update will (verl_erc/old_pass.py).
+  ``ppo_max_token_len_per_gpu`` (``--update-tokens``), as the update will (verl_erc/hooks/old_pass.py).
 
 Per variant: median wall time over ``--rounds``, the forwards it ran and their token counts, and the pass's peak
 memory above the memory before it (RSS sampled every 2 ms, glibc's mmap threshold fixed so that RSS follows live
@@ -68,7 +68,7 @@ class PeakRss:
 def build_model(args, folder: str) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from verl_erc.cpu.assets import build_tokenizer
+    from verl_erc.laptop.assets import build_tokenizer
 
     import torch
 
@@ -104,7 +104,7 @@ def make_batch(args, variant: str):
     import torch
     from verl.utils import tensordict_utils as tu
 
-    from verl_erc.old_pass import ALIGNED_OLD_PASS_KEY
+    from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY
 
     g = torch.Generator().manual_seed(1)
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.sequences,), generator=g).tolist()

@@ -5,8 +5,8 @@ The actor's logits under tensor parallelism are a DTensor split on the vocabular
 the per-token entropy ERC needs, measured on the same shards in one run:
 
 * ``gather``   ``DTensor.full_tensor()`` (an all-gather of ``[tokens x vocab]``), then
-               ``verl_erc.entropy.entropy_no_grad`` (what the entropy hook did before);
-* ``sharded``  ``verl_erc.entropy.vocab_parallel_entropy_no_grad`` on each rank's slice: two
+               ``verl_erc.erc.entropy.entropy_no_grad`` (what the entropy hook did before);
+* ``sharded``  ``verl_erc.erc.entropy.vocab_parallel_entropy_no_grad`` on each rank's slice: two
                all-reduces of one value per token per chunk (what the hook does now).
 
 Each variant runs in fresh processes (one per rank, gloo on CPU, NCCL on CUDA): median time over
@@ -47,7 +47,7 @@ def _rank(rank: int, spec: dict, port: int, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard
 
-    from verl_erc.entropy import entropy_no_grad, vocab_parallel_entropy_no_grad
+    from verl_erc.erc.entropy import entropy_no_grad, vocab_parallel_entropy_no_grad
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cuda = spec["device"] == "cuda"

@@ -4,7 +4,7 @@
 #
 # The recipe's command (python -m verl_erc.recipes) with `+rehearsal=laptop` (hydra_conf/rehearsal/laptop.yaml:
 # what a laptop forces, nothing else), the tiny local Qwen2 as the model and the toy task as the data (built on
-# first use, verl_erc/cpu/assets.py), run directories under $ERC_RUNS_DIR (default outputs/rehearsals).
+# first use, verl_erc/laptop/assets.py), run directories under $ERC_RUNS_DIR (default outputs/rehearsals).
 # Run directory, launches.log, metrics, checkpoints and resume are the recipe's: rerunning the command resumes an
 # unfinished run from its newest checkpoint and refuses a finished one (docs/run_life.md).
 exec "${ERC_PYTHON:-python}" -m verl_erc.recipes rehearse "$@"

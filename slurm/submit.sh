@@ -22,7 +22,7 @@
 #       --check              check the job against the allocation and stop: the exact config it will run
 #                            through verl's and ERC's start-up checks and what verl asserts only on the GPU
 #                            workers, the data, model and run directory, memory per GPU (python -m
-#                            verl_erc.submit_check); every submission runs it first
+#                            verl_erc.cluster.submit_check); every submission runs it first
 #       --no-check           submit without it
 #       --gpu-mem GiB        GPU memory for the check's estimate    [ERC_SLURM_GPU_MEM, default 80]
 # Any other sbatch option: ERC_SLURM_EXTRA_ARGS="--account=abc --qos=high".
@@ -104,7 +104,7 @@ fi
 if [[ "$check" != 0 ]]; then
     if [[ "$rehearse" == 1 ]]; then
         echo "check: skipped for a rehearsal (the laptop profile on CPU nodes)"
-    elif ! "${ERC_PYTHON:-python}" -m verl_erc.submit_check "$recipe" --nodes "$nodes" --gpus-per-node "$gpus" \
+    elif ! "${ERC_PYTHON:-python}" -m verl_erc.cluster.submit_check "$recipe" --nodes "$nodes" --gpus-per-node "$gpus" \
         --gpu-mem "$gpu_mem" "$@"; then
         echo "error: not submitted: the job would fail on ${nodes} node(s) x ${gpus} GPU(s) (above); fix it, or submit with --no-check" >&2
         exit 1

@@ -33,7 +33,7 @@ def rehearsal_cache(tmp_path_factory):
     """A cache with the rehearsals' model and data, built once per session; ``VERL_ERC_CACHE_DIR`` points at it."""
     import os
 
-    from verl_erc.cpu import assets
+    from verl_erc.laptop import assets
 
     cache = tmp_path_factory.mktemp("verl_erc_cache")
     previous = os.environ.get(assets.CACHE_ENV)

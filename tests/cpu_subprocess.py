@@ -86,9 +86,9 @@ def removes_new_shm():
     """Around a child run (serial tests only): remove the ``/dev/shm`` files it created and left unmapped.
 
     For runs through verl's own entry point, which leaves vLLM's queues behind (``verl_erc.main``
-    removes its own): the same selection as the run's clean-up (``verl_erc.shm.remove_created``).
+    removes its own): the same selection as the run's clean-up (``verl_erc.run.cleanup.remove_created``).
     """
-    from verl_erc.shm import SHM_DIR, remove_created
+    from verl_erc.run.cleanup import SHM_DIR, remove_created
 
     before = set(os.listdir(SHM_DIR))
     try:

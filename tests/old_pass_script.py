@@ -28,10 +28,10 @@ from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
 from verl.workers.utils.padding import response_from_nested
 
 from verl_erc.config import ErcConfig, ErcFSDPActorConfig
-from verl_erc.cpu import assets
-from verl_erc.entropy_hook import ERC_ENTROPY_FLAG
-from verl_erc.losses import erc_ppo_loss
-from verl_erc.old_pass import ALIGNED_OLD_PASS_KEY, update_split
+from verl_erc.laptop import assets
+from verl_erc.hooks.entropy_hook import ERC_ENTROPY_FLAG
+from verl_erc.erc.losses import erc_ppo_loss
+from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY, update_split
 
 RANK, WORLD = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 SAMPLES_PER_RANK = 16

@@ -13,14 +13,14 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
-from verl_erc import analysis
-from verl_erc.analysis import RECORD_FIELDS, record_tokens
+from verl_erc.erc import token_analysis as analysis
+from verl_erc.erc.token_analysis import RECORD_FIELDS, record_tokens
 from verl_erc.analyze import FIGURES, main
 from verl_erc.config import ErcAnalysisConfig, ErcConfig
-from verl_erc.entropy import entropy_no_grad
-from verl_erc.entropy_hook import ERC_ENTROPY_FLAG
+from verl_erc.erc.entropy import entropy_no_grad
+from verl_erc.hooks.entropy_hook import ERC_ENTROPY_FLAG
 from verl_erc.erc.equations import entropy_ratio, erc_keep_mask
-from verl_erc.losses import erc_ppo_loss
+from verl_erc.erc.losses import erc_ppo_loss
 
 from conftest import make_actor_config
 

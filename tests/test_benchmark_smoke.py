@@ -41,7 +41,7 @@ def test_benchmark_script_end_to_end(tmp_path):
 
     assert [r["tokens"] for r in report["results"]] == [64, 96]
     for res in report["results"]:
-        assert res["erc_functions"] == "verl_erc.entropy + verl_erc.losses"
+        assert res["erc_functions"] == "verl_erc.erc.entropy + verl_erc.erc.losses"
         assert set(res["variants"]) == {"baseline", "erc", "naive"}
         for name, row in res["variants"].items():
             assert row["time_s_median"] > 0 and len(row["time_s_all"]) == 1, name

@@ -21,8 +21,8 @@ from pngcheck import assert_real_png
 from test_compare import _tables, log_run
 
 from verl_erc.compare import _draw, group_runs, main, pair_runs
-from verl_erc.seedstats import difference, seed_mean, t_pvalue, t_quantile
-from verl_erc.runlogs import RunLogError
+from verl_erc.report.stats import difference, seed_mean, t_pvalue, t_quantile
+from verl_erc.report.runlogs import RunLogError
 
 T1 = math.tan(math.pi * 0.475)  # t_{0.975,1} = 12.706
 T2 = 0.95 * math.sqrt(2 / 0.0975)  # t_{0.975,2} = 4.303

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_module
 from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ErcConfig, ErcConfigError, ErcFSDPActorConfig
-from verl_erc.trainer import validate_erc_config
+from verl_erc.hooks.trainer import validate_erc_config
 
 ERC_ON = [
     "actor_rollout_ref.actor.policy_loss.loss_mode=gppo",

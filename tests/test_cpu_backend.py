@@ -31,8 +31,8 @@ from verl.workers.rollout.base import get_rollout_class
 from verl.workers.rollout.replica import RolloutReplicaRegistry
 from verl.workers.utils.padding import left_right_2_no_padding
 
-from verl_erc.cpu import assets
-from verl_erc.entropy_hook import ERC_ENTROPY_FLAG
+from verl_erc.laptop import assets
+from verl_erc.hooks.entropy_hook import ERC_ENTROPY_FLAG
 
 platform = get_platform()
 report["platform"] = type(platform).__name__

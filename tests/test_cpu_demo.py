@@ -1,11 +1,11 @@
-"""``python -m verl_erc.cpu.demo``: its commands and its argument checks (the runs: test_rehearsals.py)."""
+"""``python -m verl_erc.laptop.demo``: its commands and its argument checks (the runs: test_rehearsals.py)."""
 
 import sys
 from pathlib import Path
 
 import pytest
 
-from verl_erc.cpu import demo
+from verl_erc.laptop import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ from cpu_subprocess import run_cpu_script
 from hydra import compose, initialize_config_module
 
 from verl_erc.cpu.platform import CpuSelectedOnGpuMachineError
-from verl_erc.cpu.preflight import PreflightError, check_ray_resources, cpu_config_problems, preflight
+from verl_erc.cpu.checks import cpu_config_problems
+from verl_erc.run.preflight import PreflightError, check_ray_resources, preflight
 
 
 #: a paper recipe's laptop rehearsal (recipes/rehearse.sh passes the paths of the local assets)
@@ -97,7 +98,7 @@ def test_ray_resource_shortfalls_fail_fast_with_every_consumer_listed(overrides,
 def test_joining_a_cluster_follows_rays_address_rules_and_skips_the_local_resource_check(
     monkeypatch, address, ray_address_env, joins
 ):
-    from verl_erc.cpu import preflight as module
+    from verl_erc.run import preflight as module
 
     if ray_address_env is None:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -116,11 +117,12 @@ def test_joining_a_cluster_follows_rays_address_rules_and_skips_the_local_resour
 def test_cuda_visible_devices_that_ray_would_refuse_is_named(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     config = rehearsal_config()
-    from verl_erc.cpu import preflight as module
+    from verl_erc.cpu.checks import visible_devices_problems
 
-    assert "unset it" in module._visible_devices_problems(config)[0]
+    assert "unset it" in visible_devices_problems(config, external_cluster=False)[0]
+    assert visible_devices_problems(config, external_cluster=True) == []  # a cluster's own devices
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert module._visible_devices_problems(config) == []
+    assert visible_devices_problems(config, external_cluster=False) == []
 
 
 def test_gpu_backend_without_a_gpu_is_refused():
@@ -146,7 +148,7 @@ def test_trainer_device_cpu_selects_the_platform_here_and_for_ray_workers():
         import verl
         from hydra import compose, initialize_config_module
         from verl.plugin.platform import get_platform
-        from verl_erc.cpu.preflight import preflight
+        from verl_erc.run.preflight import preflight
 
         with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
             config = compose(config_name="erc_dapo_7b", overrides=[*REHEARSAL, "~ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM"])

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from verl_erc import data
-from verl_erc.cpu import assets, task
+from verl_erc.laptop import assets, task
 from verl_erc.reward import last_boxed
 
 
@@ -46,11 +46,11 @@ def test_prepare_converts_with_the_users_converter(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["train.parquet", "val.parquet"]
 
 
-def test_responses_restate_the_operand_box_a_random_digit_and_vary_in_length():
+def test_responses_restate_the_operand_close_the_thinking_box_a_random_digit_and_vary_in_length():
     rng = random.Random(0)
     responses = [task.response(rng, 3) for _ in range(2000)]
-    assert all(r.startswith("3 times one is \\boxed{") for r in responses)
-    words = [len(r.split()) - 5 for r in responses]
+    assert all(r.startswith("3 times one is </think> \\boxed{") for r in responses)  # as the official reward wants
+    words = [len(r.split()) - 6 for r in responses]
     assert min(words) == 0 and max(words) == task.FILLER_MAX
     assert task.FILLER_MEAN - 1 < sum(words) / len(words) < task.FILLER_MEAN
     assert {last_boxed(r) for r in responses} == {str(d) for d in range(10)}

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from cpu_subprocess import run_cpu_script
 
-from verl_erc.cpu.preflight import WORKER_EXTENSION
-from verl_erc.shm import SHM_DIR, kill_survivors, mapped_shm_files, remove_leftovers
+from verl_erc.cpu.checks import WORKER_EXTENSION
+from verl_erc.run.cleanup import SHM_DIR, kill_survivors, mapped_shm_files, remove_leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,10 +156,10 @@ def test_a_process_that_outlives_the_run_is_killed_and_its_shared_memory_removed
 
 
 def test_the_run_clean_up_removes_only_new_multiprocessing_files_and_nothing_when_a_mapper_is_unreadable(monkeypatch):
-    """verl_erc.shm.remove_created: a file staged before the run (a model in /dev/shm) and a new file of another
+    """verl_erc.run.cleanup.remove_created: a file staged before the run (a model in /dev/shm) and a new file of another
     kind (verl's model.use_shm cache) survive; a new unmapped psm_ file of this user goes; nothing goes when
     some process's mappings cannot be read."""
-    from verl_erc import shm
+    from verl_erc.run import cleanup as shm
 
     staged, cache = SHM_DIR / "psm_verl_erc_test_staged", SHM_DIR / "verl_erc_test_cache"
     staged.write_bytes(b"x")
@@ -180,9 +180,9 @@ def test_the_run_clean_up_removes_only_new_multiprocessing_files_and_nothing_whe
 
 
 def test_a_failing_clean_up_never_replaces_the_runs_result(monkeypatch, capsys):
-    """verl_erc.shm.removes_run_leftovers: an error of the clean-up is printed; the run's own exception (or its
+    """verl_erc.run.cleanup.removes_run_leftovers: an error of the clean-up is printed; the run's own exception (or its
     success) is what the caller sees."""
-    from verl_erc import shm
+    from verl_erc.run import cleanup as shm
 
     def broken(*args):
         raise OSError("clean-up broke")

@@ -44,7 +44,7 @@ COVERED: dict[str, dict[str, str]] = {
     "recipes/evaluate.sh": {"tests/test_rehearsals.py": 'script="evaluate.sh"'},
     "python -m verl_erc.export": {"tests/test_rehearsals.py": 'script="evaluate.sh"', "tests/test_export.py": "main(["},
     "python -m verl_erc --check": {"tests/test_config.py": '"--check"'},
-    "python -m verl_erc.cpu.demo": {"tests/test_cpu_demo.py": "verl_erc.cpu.demo"},
+    "python -m verl_erc.laptop.demo": {"tests/test_cpu_demo.py": "verl_erc.laptop.demo"},
     "python -m verl_erc.compare": {"tests/test_compare.py": "verl_erc.compare", "tests/test_compare_seeds.py": "verl_erc.compare"},
     "python -m verl_erc.analyze": {"tests/test_analysis.py": "verl_erc.analyze"},
     "python -m verl_erc.data": {"tests/test_data.py": '"verl_erc.data"'},

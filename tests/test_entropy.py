@@ -1,10 +1,10 @@
-"""verl_erc.entropy.entropy_no_grad: verl's entropy values, no graph, any chunking."""
+"""verl_erc.erc.entropy.entropy_no_grad: verl's entropy values, no graph, any chunking."""
 
 import pytest
 import torch
 from verl.utils.torch_functional import entropy_from_logits
 
-from verl_erc.entropy import CPU_CHUNK_ELEMENTS, _chunk_bounds, effective_chunk_rows, entropy_no_grad
+from verl_erc.erc.entropy import CPU_CHUNK_ELEMENTS, _chunk_bounds, effective_chunk_rows, entropy_no_grad
 
 VOCAB = 4099  # odd, so chunk boundaries and vector tails are exercised
 

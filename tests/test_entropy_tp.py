@@ -3,7 +3,7 @@
 import torch
 
 from cpu_subprocess import run_cpu_script
-from verl_erc.entropy import combine_shard_entropy
+from verl_erc.erc.entropy import combine_shard_entropy
 
 
 def test_shard_statistics_combine_to_the_entropy():
@@ -25,8 +25,8 @@ def worker(rank, port, out):
     dist.init_process_group("gloo", rank=rank, world_size=2)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-    from verl_erc.entropy_hook import vocab_shard_group
-    from verl_erc.entropy import entropy_no_grad, vocab_parallel_entropy_no_grad
+    from verl_erc.hooks.entropy_hook import vocab_shard_group
+    from verl_erc.erc.entropy import entropy_no_grad, vocab_parallel_entropy_no_grad
     torch.manual_seed(0)
     full = torch.randn(1, 37, 1001) * 4  # [1, total_nnz, vocab]: odd vocab, uneven shards
     temperature = torch.rand(37) + 0.5
@@ -41,7 +41,7 @@ def worker(rank, port, out):
     from types import SimpleNamespace
     from torch.distributed.tensor import DTensor
     from verl.utils import tensordict_utils as tu
-    from verl_erc.engine import ErcFSDPEngineWithLMHead
+    from verl_erc.hooks.engine import ErcFSDPEngineWithLMHead
     def no_gather(self, **kwargs):
         raise AssertionError("the ERC hook all-gathered the TP logits")
     DTensor.full_tensor = no_gather

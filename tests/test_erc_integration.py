@@ -19,10 +19,10 @@ from verl.utils import torch_functional as verl_F
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
 
-from verl_erc.engine import ErcFSDPEngineWithLMHead
-from verl_erc.entropy_hook import ERC_ENTROPY_FLAG
+from verl_erc.hooks.engine import ErcFSDPEngineWithLMHead
+from verl_erc.hooks.entropy_hook import ERC_ENTROPY_FLAG
 from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient
-from verl_erc.losses import ErcInputError, erc_ppo_loss
+from verl_erc.erc.losses import ErcInputError, erc_ppo_loss
 
 from conftest import make_actor_config
 
@@ -384,8 +384,8 @@ def test_ratio_clipped_mean_bounds_one_tokens_share():
 
 def test_onpolicy_clipfrac_is_logged_on_the_steps_first_mini_batch_only():
     """The hook flags the mini-batch after verl's update_lr_scheduler one (and the first ever) as on-policy."""
-    from verl_erc.entropy_hook import ErcEntropyMixin
-    from verl_erc.losses import ERC_ONPOLICY_FLAG
+    from verl_erc.hooks.entropy_hook import ErcEntropyMixin
+    from verl_erc.erc.losses import ERC_ONPOLICY_FLAG
     import functools
 
     seen = []
@@ -416,8 +416,8 @@ def test_onpolicy_clipfrac_is_logged_on_the_steps_first_mini_batch_only():
 
 def test_onpolicy_maxdiffs_are_the_largest_response_token_differences_of_the_first_mini_batch():
     """actor/erc_onpolicy_{logprob,entropy}_maxdiff: max |old - new| over response tokens, MAX over micro-batches."""
-    from verl_erc.losses import ERC_ONPOLICY_FLAG
-    from verl_erc.metric_keys import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
+    from verl_erc.erc.losses import ERC_ONPOLICY_FLAG
+    from verl_erc.metrics import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
 
     _, engine, batch = off_policy_setup()
     out = forward(engine, batch, calculate_entropy=False, **{ERC_ENTROPY_FLAG: True})

@@ -14,11 +14,11 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from verl_erc.checkpoints import POINTER, resume_point
-from verl_erc.checkpoints import requeue_decision
-from verl_erc.launch import LaunchRefused, finish_launch, prepare_launch
-from verl_erc.preemption import STOP_FILE_ENV
-from verl_erc.run_identity import RELAUNCH_KEYS, differences, experiment_keys, flat_config, is_relaunch_key
+from verl_erc.run.checkpoints import POINTER, resume_point
+from verl_erc.cluster.requeue import requeue_decision
+from verl_erc.run.launch import LaunchRefused, finish_launch, prepare_launch
+from verl_erc.run.preemption import STOP_FILE_ENV
+from verl_erc.run.identity import RELAUNCH_KEYS, differences, experiment_keys, flat_config, is_relaunch_key
 
 REQUIRED = ["actor_rollout_ref.model.path=/models/x", "data.train_files=/d/train.parquet", "data.val_files=/d/val.parquet"]
 
@@ -295,7 +295,7 @@ def test_a_truncated_identity_is_refused_naming_the_file_and_nothing_is_written(
 
 
 def test_a_changed_package_version_is_shown_at_launch(launch_env, monkeypatch, capsys):
-    import verl_erc.launch as launch_module
+    import verl_erc.run.launch as launch_module
 
     launched_to_step(launch_env)
     real = launch_module.versions()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
-from verl_erc.entropy import entropy_no_grad
+from verl_erc.erc.entropy import entropy_no_grad
 from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient, gppo_ratio, within_tolerance
 
 from conftest import make_actor_config
@@ -223,7 +223,7 @@ def test_entropy_atol_keeps_noise_but_not_a_real_jump():
 
 def test_positive_nll_values_on_a_hand_built_micro_batch():
     from verl_erc.erc.equations import positive_tokens
-    from verl_erc.losses import micro_batch_share, positive_nll
+    from verl_erc.erc.losses import micro_batch_share, positive_nll
 
     log_prob = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0], [-4.0, -4.0, -4.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)

@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_module
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from verl_erc.config import ErcConfigError
-from verl_erc.old_pass import ALIGNED_OLD_PASS_KEY, restore_order, update_order, update_split
-from verl_erc.trainer import ErcTrainerMixin, validate_erc_config
+from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY, restore_order, update_order, update_split
+from verl_erc.hooks.trainer import ErcTrainerMixin, validate_erc_config
 
 from cpu_subprocess import run_cpu_ranks
 
@@ -94,7 +94,7 @@ def test_trainer_hands_the_split_to_the_actors_old_pass_only():
     for old_pass in ("aligned", "verl"):
         trainer = object.__new__(Trainer)
         trainer.config = config
-        trainer._erc_actor_config = SimpleNamespace(erc=SimpleNamespace(old_pass=old_pass))
+        trainer._erc_actor_config = SimpleNamespace(erc=SimpleNamespace(enable=True, old_pass=old_pass))
         batch = SimpleNamespace(extra_info={"temperature": 1.0})
         result = trainer._compute_old_log_prob(batch, {})
         assert ALIGNED_OLD_PASS_KEY not in batch.extra_info and ALIGNED_OLD_PASS_KEY not in result.extra_info

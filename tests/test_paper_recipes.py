@@ -21,7 +21,7 @@ from verl.utils.config import validate_config
 from verl_erc.config import ErcFSDPActorConfig
 from verl_erc.recipes import OFFICIAL_VAL, RECIPES
 from verl_erc.reward import compute_score, compute_score_official
-from verl_erc.trainer import validate_erc_config
+from verl_erc.hooks.trainer import validate_erc_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["actor_rollout_ref.model.path=/models/x", "data.train_files=/d/train.parquet", "data.val_files=/d/val.parquet"]
@@ -360,7 +360,7 @@ def test_rehearse_names_the_recipes_when_given_none_or_a_wrong_one():
 
 
 def test_rehearse_runs_the_recipe_script_with_the_laptop_profile_and_local_assets(rehearsal_cache, tmp_path):
-    from verl_erc.cpu.assets import asset_paths
+    from verl_erc.laptop.assets import asset_paths
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
     env.update(VERL_ERC_DRY_RUN="1", ERC_PYTHON=sys.executable, ERC_SEED="3")
@@ -448,7 +448,7 @@ def test_recipe_runs_the_command_with_logging_env(recipe_env):
     run_dir = tmp / "runs" / "erc_dapo_7b-seed1"
     line = next(line for line in out.stdout.splitlines() if line.startswith("FAKE_TRAINER connected"))
     assert f"tensorboard={run_dir}/tensorboard metrics={run_dir}/metrics/" in line and line.endswith("'x=1']")
-    # the entry point gets the run directory and the launch's name (verl_erc.launch records the launch there)
+    # the entry point gets the run directory and the launch's name (verl_erc.run.launch records the launch there)
     launch = re.search(rf"metrics={run_dir}/metrics/(\S+)\.jsonl", line).group(1)
     assert f"run_dir={run_dir} launch={launch} " in line
     assert (run_dir / "tensorboard").is_dir() and (run_dir / "metrics").is_dir()

@@ -2,7 +2,7 @@
 
 verl imports the plugin in every process that imports verl; the reward pool's processes, the
 agent-loop workers and the rollout server never import verl's engine or V1 trainer modules, and
-must not pay for them (:mod:`verl_erc.after_import`).
+must not pay for them (:mod:`verl_erc.hooks.after_import`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import textwrap
 import pytest
 from cpu_subprocess import skip_if_gpu_visible
 
-from verl_erc.after_import import after_import
+from verl_erc.hooks.after_import import after_import
 
 HEAVY = ["verl.trainer.ppo.core_algos", "verl.workers.engine", "verl.trainer.ppo.v1", "vllm"]
 
@@ -46,7 +46,7 @@ def test_each_registration_happens_when_its_verl_module_is_imported():
         from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
         gppo = "gppo" in POLICY_LOSS_REGISTRY
         from verl.trainer.ppo.v1 import get_trainer_cls
-        from verl_erc.trainer import ErcTrainerMixin
+        from verl_erc.hooks.trainer import ErcTrainerMixin
         trainers = {m: issubclass(get_trainer_cls(m), ErcTrainerMixin) for m in ("sync", "colocate_async", "separate_async")}
         from verl.workers.engine import EngineRegistry
         engine = EngineRegistry._engines["language_model"]["fsdp2"][("cuda", "nvidia")].__name__
@@ -77,12 +77,12 @@ def test_on_the_cpu_platform_the_cpu_engines_and_gloo_shim_also_wait_for_verls_m
 
 
 def test_importing_our_modules_first_registers_them_too():
-    """Importing verl_erc.trainer (or .engine) before verl's module still registers, exactly once."""
+    """Importing verl_erc.hooks.trainer (or .engine) before verl's module still registers, exactly once."""
     report = _fresh("""
         import json
-        from verl_erc.trainer import ErcTrainerMixin
+        from verl_erc.hooks.trainer import ErcTrainerMixin
         from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
-        from verl_erc.engine import ErcFSDPEngineWithLMHead
+        from verl_erc.hooks.engine import ErcFSDPEngineWithLMHead
         from verl.workers.engine import EngineRegistry
         print(json.dumps({
             "trainers": sorted(n for n, c in TRAINER_REGISTRY.items() if issubclass(c, ErcTrainerMixin)),
@@ -105,7 +105,7 @@ def test_importing_the_replay_buffer_first_registers_the_trainers():
     assert report == ["colocate_async", "separate_async", "sync"]
 
 
-@pytest.mark.parametrize("first", ["verl_erc.engine", "verl_erc.entropy_hook", "verl_erc.cpu.engines"])
+@pytest.mark.parametrize("first", ["verl_erc.hooks.engine", "verl_erc.hooks.entropy_hook", "verl_erc.cpu.engines"])
 def test_on_the_cpu_platform_any_of_our_engine_modules_imports_first(first):
     """Our engine modules import verl's engine package, whose hooks import the CPU engines: no import cycle."""
     skip_if_gpu_visible()
@@ -113,7 +113,7 @@ def test_on_the_cpu_platform_any_of_our_engine_modules_imports_first(first):
         import json
         import {first}
         from verl.workers.engine import EngineRegistry
-        from verl_erc.entropy_hook import ErcEntropyMixin
+        from verl_erc.hooks.entropy_hook import ErcEntropyMixin
         engines = EngineRegistry._engines["language_model"]["fsdp2"]
         print(json.dumps({{"cpu": engines["cpu"].__name__, "cuda": engines[("cuda", "nvidia")].__name__,
                            "hooked": issubclass(engines["cpu"], ErcEntropyMixin)}}))
@@ -144,7 +144,7 @@ def test_a_failed_registration_leaves_verl_working_and_erc_runs_refuse_naming_it
     out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import json, sys
         import verl
-        sys.modules["verl_erc.trainer"] = None  # importing it now raises ImportError
+        sys.modules["verl_erc.hooks.trainer"] = None  # importing it now raises ImportError
         from verl.trainer.ppo.v1 import get_trainer_cls
         trainer = get_trainer_cls("sync")
         from verl_erc.config import ErcConfig, ErcConfigError

@@ -13,10 +13,10 @@ import torch
 from omegaconf import OmegaConf
 from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
 
-from verl_erc.checkpoints import is_complete
-from verl_erc.cpu.preflight import choose_ray_address
-from verl_erc.preemption import STOP_FILE_ENV, StopOnRequestMixin, stop_reason
-from verl_erc.trainer import ErcTrainerMixin
+from verl_erc.run.checkpoints import is_complete
+from verl_erc.run.preflight import choose_ray_address
+from verl_erc.run.preemption import STOP_FILE_ENV, StopOnRequestMixin, stop_reason
+from verl_erc.hooks.trainer import ErcTrainerMixin
 
 from test_trainer_wiring import compose_erc, record_verl_init  # noqa: F401  (fixture)
 
@@ -82,7 +82,7 @@ def test_erc_off_is_verls_class_unless_verl_erc_main_launched_it(monkeypatch, re
 DRIVER = """
 import sys, time
 from pathlib import Path
-from verl_erc.preemption import stops_gracefully
+from verl_erc.run.preemption import stops_gracefully
 stop = Path(sys.argv[1])
 try:
     with stops_gracefully(stop):

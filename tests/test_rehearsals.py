@@ -41,12 +41,12 @@ from cpu_subprocess import skip_if_gpu_visible
 from test_paper_recipes import RUNS, TWINS
 
 from verl_erc.compare import write_report
-from verl_erc.cpu.preflight import WORKER_EXTENSION
-from verl_erc.cpu.task import HELDOUT
+from verl_erc.cpu.checks import WORKER_EXTENSION
+from verl_erc.laptop.task import HELDOUT
 from verl_erc.data import SPECS
 from verl_erc.export import PROMPT, ExportError, actor_folder, verify
 from verl_erc.sampler import ALL_GENERATED
-from verl_erc.shm import SHM_DIR
+from verl_erc.run.cleanup import SHM_DIR
 
 pytestmark = pytest.mark.cpu_e2e
 
@@ -66,7 +66,7 @@ LOSS_LINE = {
     "gppo": "loss_mode=gppo, clip_ratio=0.2/0.2, loss_agg_mode=token-mean",
     "gspo": "loss_mode=gspo, clip_ratio=0.0003/0.0004, loss_agg_mode=seq-mean-token-mean",
 }
-#: the toy's held-out validation sources (verl_erc.cpu.task) and the avg@k of the benchmark each is converted as
+#: the toy's held-out validation sources (verl_erc.laptop.task) and the avg@k of the benchmark each is converted as
 TOY_VAL_K = {name: SPECS[schema].k for name, (schema, _) in HELDOUT.items()}
 VALIDATION = {f"val-core/{name}/acc/mean@{k}" for name, k in TOY_VAL_K.items()}
 

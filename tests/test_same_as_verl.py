@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from cpu_subprocess import removes_new_shm, skip_if_gpu_visible
 
-from verl_erc.cpu.preflight import WORKER_EXTENSION
+from verl_erc.cpu.checks import WORKER_EXTENSION
 
 pytestmark = pytest.mark.cpu_e2e
 
@@ -95,7 +95,7 @@ def training_metrics(path: Path) -> dict[int, dict[str, float]]:
 @pytest.fixture(scope="module")
 def assets(rehearsal_cache):
     skip_if_gpu_visible()
-    from verl_erc.cpu.assets import asset_paths
+    from verl_erc.laptop.assets import asset_paths
 
     return rehearsal_cache, {name: str(path) for name, path in asset_paths().items()}
 

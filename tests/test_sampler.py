@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from verl.trainer.ppo.v1 import replay_buffer as verl_replay_buffer
 from verl.utils.import_utils import load_extern_type
 
-from verl_erc.metric_keys import KEPT_PROMPTS, TRAINED_PROMPTS
+from verl_erc.metrics import KEPT_PROMPTS, TRAINED_PROMPTS
 from verl_erc.sampler import ALL_GENERATED, GENERATED_PROMPTS, SHORT_BY_PROMPTS, BoundedReplayBuffer, DynamicSamplingError
 
 N = 4  # responses per prompt

@@ -598,13 +598,15 @@ def probe_from_outside(outside: str, targets: list[tuple[str, str, int]], workdi
 def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resumes_and_ends_when_a_nodes_ray_dies(
     two_nodes, rehearsal_job_env,
 ):
-    """The life of a run under Slurm with the real trainer: the time-limit signal (USR1) mid step 2 makes the
-    trainer finish that step, checkpoint it (save_freq would not) and stop; the job requeues itself because the
-    run advanced; the relaunch, with its checkpoint pointer damaged in between, resumes from the newest complete
-    checkpoint at step 3 without the step-0 validation; node2's Ray dying then ends the job at once, naming it."""
+    """The life of a run under Slurm with the real trainer: the time-limit signal (USR1) after step 1 makes the
+    trainer finish the step in progress (S, read from the log: the signal goes when the outside probe returns,
+    which the steps do not wait for), checkpoint it (save_freq would not) and stop; the job requeues itself because
+    the run advanced; the relaunch, with its checkpoint pointer damaged in between, resumes from the newest complete
+    checkpoint at step S + 1 without the step-0 validation; node2's Ray dying then ends the job at once, naming it."""
     env, tmp, namespaces = rehearsal_job_env
-    # half the rehearsal's prompts per step (8 x 8 responses): the test is about the run's life, not the learning
-    job = submit(env, tmp / "logs", "trainer.total_training_steps=4", "trainer.save_freq=100",
+    # half the rehearsal's prompts per step (8 x 8 responses): the test is about the run's life, not the learning.
+    # 6 steps: whichever step the signal lands in (2 to 4), the relaunch has a step to train and one to be killed in
+    job = submit(env, tmp / "logs", "trainer.total_training_steps=6", "trainer.save_freq=100",
                  "trainer.val_before_train=true", "trainer.test_freq=-1", "data.train_batch_size=8",
                  nodes=2, options=("--rehearse", "-g", "1"))
     log = job_log(tmp / "logs", job, "erc-erc_dapo_7b-rehearsal")
@@ -649,23 +651,28 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     assert {i: results - documented[i] for i, results in measured.items() if results - documented[i]} == {}
     assert not list(checkpoints.glob("global_step_*"))  # save_freq=100: no checkpoint of its own
 
-    # the time-limit signal (submit.sh: --signal=B:USR1@margin) during step 2
+    # the time-limit signal (submit.sh: --signal=B:USR1@margin) after step 1, in the step then in progress
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
     wait_for(lambda: job_field(env, job, "JobState") == "PENDING" and not job_stepds(job), 600,
              "the job to checkpoint and requeue itself", log, (env, job))
     first = log.read_text()
+    stopped = re.search(r"stopping after step (\d+)", first)
+    assert stopped, first
+    stop = int(stopped.group(1))
+    assert 2 <= stop <= 4, stop
     assert_in_order(first, ["USR1: asking the trainer to finish its step, save a checkpoint and stop",
-                            "verl_erc: stop requested (SIGUSR1 to the driver", "stopping after step 2", "recipe finished with exit code 75",
-                            f"requeueing job {job}: its checkpoint advanced from step 0 to 2"])
-    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
-    assert sorted(launch_steps(run_dir)[0]) == [0, 1, 2]  # the step-0 validation, then steps 1 and 2
+                            "verl_erc: stop requested (SIGUSR1 to the driver", f"stopping after step {stop}",
+                            "recipe finished with exit code 75",
+                            f"requeueing job {job}: its checkpoint advanced from step 0 to {stop}"])
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(stop)
+    assert sorted(launch_steps(run_dir)[0]) == list(range(stop + 1))  # the step-0 validation, then steps 1..stop
     # a save cut short by a crash leaves the pointer naming a step that is not there
-    (checkpoints / "latest_checkpointed_iteration.txt").write_text("3")
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text(str(stop + 1))
 
-    # the relaunch: resumes at step 3, trains it; then node2's Ray dies during step 4
+    # the relaunch: resumes at step stop + 1, trains it; then node2's Ray dies during the next step
     release_requeued_start(env, job, log)
-    wait_for(lambda: len(launch_steps(run_dir)) == 2 and 3 in launch_steps(run_dir)[1], 900, "the relaunch's step 3",
-             log, (env, job))
+    wait_for(lambda: len(launch_steps(run_dir)) == 2 and stop + 1 in launch_steps(run_dir)[1], 900,
+             f"the relaunch's step {stop + 1}", log, (env, job))
     kill_raylet(namespaces[1])
     killed = time.monotonic()
     wait_finished(env, job, 120, "the job to end after node2's raylet died", log)
@@ -676,9 +683,9 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     assert re.search(r"ERROR: Ray on node2 stopped \(its step exited with code \d+\) while the recipe ran: ending the "
                      rf"job; requeue it \(scontrol requeue {job}\)", relaunch), relaunch
     assert ended < 60, f"the job took {ended:.0f} s to end"
-    assert ("latest_checkpointed_iteration.txt names step 3, whose folder global_step_3 does not exist: resuming from "
-            f"the newest complete checkpoint, {checkpoints}/global_step_2") in relaunch, relaunch
-    assert "verl_erc: resuming at step 2: skipping the step-0 validation" in relaunch
+    assert (f"latest_checkpointed_iteration.txt names step {stop + 1}, whose folder global_step_{stop + 1} does not "
+            f"exist: resuming from the newest complete checkpoint, {checkpoints}/global_step_{stop}") in relaunch, relaunch
+    assert f"verl_erc: resuming at step {stop}: skipping the step-0 validation" in relaunch
 
     # both launches: verl's trainer on the two nodes, one training rank each, ERC in the loss of both
     for launch in (first, relaunch):
@@ -689,15 +696,15 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
         assert {(r, w) for r, w, _ in hooks} == {(0, 2), (1, 2)} and {h for *_, h in hooks} == {"node1", "node2"}, hooks
     # the relaunch continued the global step from the checkpoint: nothing counted twice, no validation at its start
     launches = launch_steps(run_dir)
-    assert sorted(launches[1]) == [3], launches[1].keys()
+    assert sorted(launches[1]) == [stop + 1], launches[1].keys()
     for metrics in launches:
         for step, data in metrics.items():
             if step:
                 assert data["training/global_step"] == step
                 assert all(key in data for key in ERC_METRICS), (step, sorted(data))
-    assert launches[1][3]["training/rollout_probs_diff_max"] < 1e-3  # the restored weights reached the rollout
+    assert launches[1][stop + 1]["training/rollout_probs_diff_max"] < 1e-3  # the restored weights reached the rollout
     history = (run_dir / "launches.log").read_text().splitlines()
     assert [line.split(" ", 1)[1].split(":")[0].split(" (")[0] for line in history[:3]] == [
-        "start step 0", "end", "start step 2"], history
-    assert "end: stopped, newest checkpoint step 2" in history[1], history
+        "start step 0", "end", f"start step {stop}"], history
+    assert f"end: stopped, newest checkpoint step {stop}" in history[1], history
     wait_for(lambda: not any(node_processes(ns) for ns in namespaces), 60, "Ray to stop on both nodes", log)

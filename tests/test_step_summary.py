@@ -1,6 +1,6 @@
-"""The per-step summary line the ERC trainers print (verl_erc.trainer.step_summary)."""
+"""The per-step summary line the ERC trainers print (verl_erc.hooks.trainer.step_summary)."""
 
-from verl_erc.trainer import step_summary
+from verl_erc.hooks.trainer import step_summary
 
 
 def test_summary_has_reward_lengths_dynamic_sampling_entropy_and_both_clip_fractions_in_order():

@@ -1,4 +1,4 @@
-"""``slurm/submit.sh --check`` (verl_erc.submit_check) before the queue: the paper's shapes pass, the shapes and
+"""``slurm/submit.sh --check`` (verl_erc.cluster.submit_check) before the queue: the paper's shapes pass, the shapes and
 inputs verl would refuse only once the job runs fail naming the key.
 
 The model folders hold the config of DeepSeek-R1-Distill-Qwen-1.5B / -7B (tests/fixtures/model_shapes: their
@@ -19,8 +19,8 @@ import torch
 from omegaconf import OmegaConf
 from test_paper_recipes import RUNS
 
-from verl_erc.cpu import assets
-from verl_erc.submit_check import (GiB, check, compose_job_config, job_command, memory_rows, model_problems,
+from verl_erc.laptop import assets
+from verl_erc.cluster.submit_check import (GiB, check, compose_job_config, job_command, memory_rows, model_problems,
                                    shape_problems, verl_problems)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_every_recipe_fits_the_papers_allocation(environ, recipe, capsys):
     nodes, gpus = PAPER_SHAPE[RUNS[recipe][0]]
     assert check(recipe, nodes, gpus, 80, []) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "verl_erc.submit_check: ok" in out and "memory per GPU" in out
+    assert "verl_erc.cluster.submit_check: ok" in out and "memory per GPU" in out
 
 
 def test_the_memory_estimate_is_the_fsdp_states_sharded_over_all_gpus_beside_vllms_share(environ):
@@ -130,7 +130,7 @@ def test_inputs_are_checked_data_columns_model_tokenizer_and_the_run_directory(e
 
 
 def test_a_run_the_launch_would_refuse_is_refused_before_the_queue(environ, capsys):
-    """A finished run and a run whose experiment the job changes (verl_erc.launch would refuse both at start)."""
+    """A finished run and a run whose experiment the job changes (verl_erc.run.launch would refuse both at start)."""
     name, overrides, run_dir = job_command("erc_dapo_1p5b", 1, 8, [])
     cfg = compose_job_config(name, overrides)
     run_dir.mkdir(parents=True)
@@ -164,7 +164,7 @@ def test_submit_checks_before_every_submission_and_check_alone_stops_there(envir
     assert unchecked.returncode == 0 and "submit: sbatch" in unchecked.stdout and "submit_check" not in unchecked.stdout
     good = submit("--check", "-N", "2", "erc_dapo_7b", "trainer.total_training_steps=500")
     assert good.returncode == 0, good.stdout + good.stderr
-    assert "verl_erc.submit_check: ok" in good.stdout and "submit: " not in good.stdout  # checked, not submitted
+    assert "verl_erc.cluster.submit_check: ok" in good.stdout and "submit: " not in good.stdout  # checked, not submitted
     assert "erc_dapo_7b (config erc_dapo_7b) on 2 node(s) x 8 GPU(s) of 80 GiB" in good.stdout
 
 

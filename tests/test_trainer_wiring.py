@@ -9,10 +9,10 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.losses import ppo_loss
 
 from verl_erc.config import ErcConfig, ErcConfigError
-from verl_erc.engine import ErcFSDPEngineWithLMHead
-from verl_erc.entropy_hook import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG
-from verl_erc.losses import ErcInputError, erc_ppo_loss
-from verl_erc.trainer import ErcTrainerMixin, erc_trainer_modes
+from verl_erc.hooks.engine import ErcFSDPEngineWithLMHead
+from verl_erc.hooks.entropy_hook import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG
+from verl_erc.erc.losses import ErcInputError, erc_ppo_loss
+from verl_erc.hooks.trainer import ErcTrainerMixin, erc_trainer_modes
 
 from conftest import make_actor_config
 

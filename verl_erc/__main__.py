@@ -23,7 +23,7 @@ if loaded:
     from verl.workers.engine.base import EngineRegistry
     report["verl_erc_version"] = verl_erc.__version__
     report["policy_losses"] = sorted(n for n in POLICY_LOSS_REGISTRY if n == "gppo")
-    from verl_erc.trainer import erc_trainer_modes
+    from verl_erc.hooks.trainer import erc_trainer_modes
     report["erc_trainer_modes"] = erc_trainer_modes()
     report["entropy_hook_engines"] = sorted(
         str(k) for k, cls in EngineRegistry._engines["language_model"]["fsdp2"].items()

@@ -1,6 +1,6 @@
 """``python -m verl_erc.analyze RUN --out DIR``: the paper's token-level Figures 1a, 3 and 4.
 
-RUN is a token-record JSONL file written by :func:`verl_erc.analysis.record_tokens`, or a directory
+RUN is a token-record JSONL file written by :func:`verl_erc.erc.token_analysis.record_tokens`, or a directory
 searched recursively for such files (``*.jsonl`` whose first line has the record's keys; all ranks
 are pooled). Writes into DIR:
 
@@ -21,8 +21,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from verl_erc.analysis import RECORD_FIELDS
-from verl_erc.runlogs import first_json_object
+from verl_erc.erc.token_analysis import RECORD_FIELDS
+from verl_erc.report.runlogs import first_json_object
 
 
 class TokenRecordError(ValueError):

@@ -3,7 +3,7 @@
 Writes ``DIR/report.md`` and the same report as ``DIR/report.html`` (it shows the PNGs beside it):
 the paper's Table 1 from the last and from the best validation step, training-stability figures,
 and one PNG per metric with all runs overlaid. Each RUN (a run directory, or one metrics JSONL) is
-read as described in :mod:`verl_erc.runlogs`; a run is labelled by its path relative to the runs'
+read as described in :mod:`verl_erc.report.runlogs`; a run is labelled by its path relative to the runs'
 common parent directory.
 
 Runs of one recipe and different seeds form a group: ``<recipe>-seed<N>`` (also ``_seed<N>`` and
@@ -31,11 +31,11 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from verl_erc import runlogs
-from verl_erc.metric_keys import ALL_GENERATED
-from verl_erc.runlogs import RunLog, RunLogError, load_run
+from verl_erc.report import runlogs
+from verl_erc.metrics import ALL_GENERATED
+from verl_erc.report.runlogs import RunLog, RunLogError, load_run
 from verl_erc.recipes import split_run_name
-from verl_erc.seedstats import CONFIDENCE, Estimate, difference, seed_mean
+from verl_erc.report.stats import CONFIDENCE, Estimate, difference, seed_mean
 
 ENTROPY = "actor/entropy"
 GRAD_NORM = "actor/grad_norm"
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m verl_erc.compare",
         description=__doc__.split("\n\n", 1)[1],
-        epilog="How a RUN directory is read (verl_erc.runlogs):\n\n" + runlogs.__doc__,
+        epilog="How a RUN directory is read (verl_erc.report.runlogs):\n\n" + runlogs.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directory (or file-logger JSONL)")

@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 from verl.base_config import BaseConfig
 from verl.workers.config import FSDPActorConfig
 
-from verl_erc.after_import import FAILED
-from verl_erc.old_pass import OLD_PASS_MODES
+from verl_erc.hooks.after_import import FAILED
+from verl_erc.hooks.old_pass import OLD_PASS_MODES
 
 ERC_KEY = "actor_rollout_ref.actor.erc"
 POSITIVE_NLL_KEY = "actor_rollout_ref.actor.positive_nll_coef"
@@ -92,7 +92,7 @@ class ErcConfig(BaseConfig):
             without an autograd graph (memory: one ``[chunk x vocab]`` block).
         old_pass: how the old-policy pass packs the batch. ``aligned`` (default): on the update's own
             micro-batches (same mini-batch split, shuffle, token budget and entropy function,
-            :mod:`verl_erc.old_pass`), so at theta = theta_old both passes compute bit-identical
+            :mod:`verl_erc.hooks.old_pass`), so at theta = theta_old both passes compute bit-identical
             log-probs and entropies and ERC clips policy drift only. ``verl``: verl's own packing
             (``rollout.log_prob_max_token_len_per_gpu``), as the paper's official code ran: on GPUs in
             bf16 the kernels then differ between the passes and ERC also clips rounding
@@ -145,7 +145,7 @@ class ErcFSDPActorConfig(FSDPActorConfig):
             the paper's text): this coefficient times the negative log-likelihood of the responses whose reward is
             exactly 1, aggregated per micro-batch with ``loss_agg_mode`` and weighted by the micro-batch's share of
             the mini-batch, added to the policy loss outside the PPO clip and the ERC mask (no ratio, no advantage;
-            :func:`verl_erc.losses.positive_nll`). Composes with any loss mode, ERC on or off. 0 (default): off,
+            :func:`verl_erc.erc.losses.positive_nll`). Composes with any loss mode, ERC on or off. 0 (default): off,
             the loss is computed exactly as without the key.
     """
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from verl_erc.checkpoints import is_complete, resume_point, step_folders
-from verl_erc.launch import CONFIG_FILE
+from verl_erc.run.checkpoints import is_complete, resume_point, step_folders
+from verl_erc.run.launch import CONFIG_FILE
 
 PROMPT = "What is 12 * 7? Put the final answer in \\boxed{}."
 

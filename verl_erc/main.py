@@ -2,10 +2,10 @@
 
 Configs live in ``hydra_conf/`` (installed as ``verl_erc.hydra_conf``) and compose on top of
 verl's ``ppo_trainer``; the default, ``erc_trainer``, is verl's config plus the ERC keys. Before
-Ray starts, the ERC config and the machine are checked (:mod:`verl_erc.cpu.preflight`) and the
-launch is checked against its run directory (:mod:`verl_erc.launch`: identity, resume point,
+Ray starts, the ERC config and the machine are checked (:mod:`verl_erc.run.preflight`) and the
+launch is checked against its run directory (:mod:`verl_erc.run.launch`: identity, resume point,
 finished runs); then verl's own entry point runs the job, which SIGTERM/SIGUSR1 stop after the
-step in progress with a checkpoint (:mod:`verl_erc.preemption`, exit code 75).
+step in progress with a checkpoint (:mod:`verl_erc.run.preemption`, exit code 75).
 """
 
 import os
@@ -20,11 +20,11 @@ import hydra  # noqa: E402
 from verl.trainer import main_ppo  # noqa: E402
 
 from verl_erc import __version__  # noqa: E402
-from verl_erc.cpu.preflight import preflight  # noqa: E402
-from verl_erc.launch import LaunchRefused, finish_launch, prepare_launch  # noqa: E402
-from verl_erc.preemption import EXIT_STOPPED, stops_gracefully  # noqa: E402
-from verl_erc.shm import removes_run_leftovers  # noqa: E402
-from verl_erc.trainer import erc_enabled, validate_erc_config  # noqa: E402
+from verl_erc.run.preflight import preflight  # noqa: E402
+from verl_erc.run.launch import LaunchRefused, finish_launch, prepare_launch  # noqa: E402
+from verl_erc.run.preemption import EXIT_STOPPED, stops_gracefully  # noqa: E402
+from verl_erc.run.cleanup import removes_run_leftovers  # noqa: E402
+from verl_erc.hooks.trainer import erc_enabled, validate_erc_config  # noqa: E402
 
 
 @hydra.main(config_path="pkg://verl_erc.hydra_conf", config_name="erc_trainer", version_base=None)

@@ -5,8 +5,8 @@ verl_erc.recipes run <name> "$@"``). :func:`recipe_command` builds what a launch
 ``python -m verl_erc.main --config-name <name>`` with the model, data and run-directory paths from the
 environment, the seed, verl's logger locations, then the user's overrides, unchanged (they come last,
 so they win). The launchers (``recipes/*.sh``, ``recipes/rehearse.sh``, ``recipes/evaluate.sh``), the
-pre-queue check (:mod:`verl_erc.submit_check`), the evaluation (:mod:`verl_erc.evaluate`) and the laptop
-demo (:mod:`verl_erc.cpu.demo`) all call it; nothing parses another program's output.
+pre-queue check (:mod:`verl_erc.cluster.submit_check`), the evaluation (:mod:`verl_erc.evaluate`) and the laptop
+demo (:mod:`verl_erc.laptop.demo`) all call it; nothing parses another program's output.
 
 Environment:
 
@@ -136,7 +136,7 @@ class RecipeCommand:
 
     @property
     def env(self) -> dict[str, str]:
-        """What the entry point reads (verl_erc.launch records the launch under this run directory and id)."""
+        """What the entry point reads (verl_erc.run.launch records the launch under this run directory and id)."""
         return {"VERL_ERC_RUN_DIR": str(self.run_dir), "VERL_ERC_LAUNCH": self.launch_id}
 
 
@@ -199,8 +199,8 @@ def recipe_command(name: str, overrides: list[str] = (), environ: Mapping[str, s
 
 def rehearsal_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """``environ`` with the laptop rehearsal's defaults: the tiny local model and the toy task (built on first use,
-    :mod:`verl_erc.cpu.assets`) as every size's model and the data, and ``outputs/rehearsals`` for runs."""
-    from verl_erc.cpu.assets import ensure_assets
+    :mod:`verl_erc.laptop.assets`) as every size's model and the data, and ``outputs/rehearsals`` for runs."""
+    from verl_erc.laptop.assets import ensure_assets
 
     environ = dict(os.environ if environ is None else environ)
     paths = ensure_assets()

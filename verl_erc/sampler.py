@@ -45,7 +45,7 @@ from verl.trainer.ppo.v1.replay_buffer import (
     _accumulate_eviction_metrics,
 )
 
-from verl_erc.metric_keys import ALL_GENERATED, GENERATED_PROMPTS, KEPT_PROMPTS, SHORT_BY_PROMPTS, TRAINED_PROMPTS
+from verl_erc.metrics import ALL_GENERATED, GENERATED_PROMPTS, KEPT_PROMPTS, SHORT_BY_PROMPTS, TRAINED_PROMPTS
 
 
 

@@ -20,7 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from verl_erc.checkpoints import newest_complete_step
+from verl_erc.run.checkpoints import newest_complete_step
 
 restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 RUNTIME_ENV = "++ray_kwargs.ray_init.runtime_env.env_vars."

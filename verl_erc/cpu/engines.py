@@ -1,7 +1,7 @@
 """verl's FSDP2 engines for device ``cpu``, registered in verl's EngineRegistry.
 
 - :class:`CPUFSDPEngineWithLMHead` (actor and ref, ``language_model``): verl's LM engine with
-  ERC's aligned old pass and entropy hook (:mod:`verl_erc.old_pass`, :mod:`verl_erc.entropy_hook`, first in
+  ERC's aligned old pass and entropy hook (:mod:`verl_erc.hooks.old_pass`, :mod:`verl_erc.hooks.entropy_hook`, first in
   the bases, as on GPU).
 - :class:`CPUFSDPEngineWithValueHead` (critic, ``value_model``).
 
@@ -17,8 +17,8 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
 from verl_erc.cpu import shims
-from verl_erc.entropy_hook import ErcEntropyMixin
-from verl_erc.old_pass import AlignedOldPassMixin
+from verl_erc.hooks.entropy_hook import ErcEntropyMixin
+from verl_erc.hooks.old_pass import AlignedOldPassMixin
 
 DEVICE = "cpu"
 

@@ -1,6 +1,6 @@
 """verl platform ``cpu``: runs verl's workers on CPU with gloo, registered in verl's PlatformRegistry.
 
-Selected explicitly only (``VERL_PLATFORM=cpu``, which :func:`verl_erc.cpu.preflight.preflight`
+Selected explicitly only (``VERL_PLATFORM=cpu``, which :func:`verl_erc.run.preflight.preflight`
 sets when ``trainer.device=cpu``); auto-detection never picks it. Ray has no notion of it, so
 the platform names Ray's ``GPU`` resource: verl's resource pools count only GPU/NPU resources,
 and the CPU config gives Ray that many *logical* GPUs (``ray_kwargs.ray_init.num_gpus``), one per

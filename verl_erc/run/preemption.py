@@ -9,7 +9,7 @@ share the run directory, so a request is a file there, :func:`stop_file` of the 
 - :class:`StopOnRequestMixin` (the trainer, any of verl's V1 modes, ERC on or off): at the end of
   each step, if a request is there, it saves the step's checkpoint (unless verl just did) and makes
   this step the last, so verl's loop logs it and returns. Without a request it does nothing.
-The launcher finds the outcome in the checkpoints (:mod:`verl_erc.launch`).
+The launcher finds the outcome in the checkpoints (:mod:`verl_erc.run.launch`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import signal
 from contextlib import contextmanager
 from pathlib import Path
 
-from verl_erc.checkpoints import is_complete
+from verl_erc.run.checkpoints import is_complete
 
 #: environment variable naming the request file, set for verl's task runner through Ray's runtime env
 STOP_FILE_ENV = "VERL_ERC_STOP_FILE"

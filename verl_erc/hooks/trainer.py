@@ -9,13 +9,13 @@ plugin is loaded at ``import verl``) gets it:
 - ERC **off**: constructing the subclass returns an instance of verl's own class
   (:meth:`ErcTrainerMixin.__new__`): the run *is* verl's trainer, nothing of ours runs in it; in a
   launch of ``python -m verl_erc.main`` (which sets ``VERL_ERC_STOP_FILE``) it is verl's class plus
-  :class:`verl_erc.preemption.StopOnRequestMixin`, which does nothing unless the run is asked to stop.
+  :class:`verl_erc.run.preemption.StopOnRequestMixin`, which does nothing unless the run is asked to stop.
 - ERC **on**: the whole config is validated at construction (:func:`validate_erc_config`), ERC's
-  loss :func:`verl_erc.losses.erc_ppo_loss` is installed in every actor worker with verl's
+  loss :func:`verl_erc.erc.losses.erc_ppo_loss` is installed in every actor worker with verl's
   ``set_loss_fn`` worker API, and a one-line summary is printed per step (:func:`step_summary`); the
-  stop request of :mod:`verl_erc.preemption` applies too.
+  stop request of :mod:`verl_erc.run.preemption` applies too.
 
-The current entropy is switched on by the loss itself: the engine hook (:mod:`verl_erc.entropy_hook`)
+The current entropy is switched on by the loss itself: the engine hook (:mod:`verl_erc.hooks.entropy_hook`)
 sees ERC's loss on a training pass and computes it. The old-policy entropy needs no wiring: verl's
 V1 trainer stores it as the field ``entropy`` in the old-log-prob pass, and it reaches the loss.
 A run whose trainer did not install ERC's loss (the legacy trainer, a trainer registered after the
@@ -34,10 +34,10 @@ from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ERC_KEY, POSITIVE_NLL_KEY, ErcConfigError, ErcFSDPActorConfig
-from verl_erc.losses import erc_ppo_loss
-from verl_erc.metric_keys import ALL_GENERATED, ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
-from verl_erc.old_pass import ALIGNED_OLD_PASS_KEY, aligned_split_problems, update_split
-from verl_erc.preemption import STOP_FILE_ENV, StopOnRequestMixin
+from verl_erc.erc.losses import erc_ppo_loss
+from verl_erc.metrics import ALL_GENERATED, ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
+from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY, aligned_split_problems, update_split
+from verl_erc.run.preemption import STOP_FILE_ENV, StopOnRequestMixin
 
 #: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
 SUMMARY_FIELDS = (
@@ -77,7 +77,7 @@ def erc_enabled(config: DictConfig) -> bool:
 
 
 def extends_actor_loss(config: DictConfig) -> bool:
-    """True when the actor's loss must be verl-erc's (:func:`verl_erc.losses.erc_ppo_loss`): ERC, or the official
+    """True when the actor's loss must be verl-erc's (:func:`verl_erc.erc.losses.erc_ppo_loss`): ERC, or the official
     code's positive-sample NLL term (``actor_rollout_ref.actor.positive_nll_coef`` > 0)."""
     return erc_enabled(config) or bool(OmegaConf.select(config, POSITIVE_NLL_KEY, default=0.0))
 
@@ -164,7 +164,7 @@ class ErcTrainerMixin:
               f"loss_mode={actor.policy_loss.loss_mode}", flush=True)
 
     def _compute_old_log_prob(self, batch, metrics):
-        """verl's old-log-prob pass; with ``erc.old_pass=aligned``, on the update's micro-batches (:mod:`verl_erc.old_pass`)."""
+        """verl's old-log-prob pass; with ``erc.old_pass=aligned``, on the update's micro-batches (:mod:`verl_erc.hooks.old_pass`)."""
         erc = self._erc_actor_config.erc
         if not erc.enable or erc.old_pass != "aligned":
             return super()._compute_old_log_prob(batch, metrics)
@@ -206,4 +206,4 @@ def install_erc_trainers() -> None:
                                       {"_verl_cls": cls, "_stoppable_cls": stoppable})
 
 
-install_erc_trainers()  # the plugin imports this module right after verl's V1 trainers (verl_erc.after_import)
+install_erc_trainers()  # the plugin imports this module right after verl's V1 trainers (verl_erc.hooks.after_import)

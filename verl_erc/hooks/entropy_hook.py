@@ -1,29 +1,29 @@
 """The entropy hook: the current-policy entropy ERC needs, added to verl's FSDP actor engine.
 
 :class:`ErcEntropyMixin` extends two methods of verl's ``FSDPEngineWithLMHead`` (put it first in a
-subclass's bases: :class:`verl_erc.engine.ErcFSDPEngineWithLMHead` on GPU/NPU,
+subclass's bases: :class:`verl_erc.hooks.engine.ErcFSDPEngineWithLMHead` on GPU/NPU,
 :class:`verl_erc.cpu.engines.CPUFSDPEngineWithLMHead` on CPU):
 
-- ``forward_backward_batch``: when the loss is ERC's (:func:`verl_erc.losses.erc_ppo_loss` with
+- ``forward_backward_batch``: when the loss is ERC's (:func:`verl_erc.erc.losses.erc_ppo_loss` with
   ``erc.enable``), it flags the batch (:data:`ERC_ENTROPY_FLAG`) so that every micro-batch computes
-  the current entropy, marks the step's first mini-batch (:data:`verl_erc.losses.ERC_ONPOLICY_FLAG`: the
+  the current entropy, marks the step's first mini-batch (:data:`verl_erc.erc.losses.ERC_ONPOLICY_FLAG`: the
   one after verl's last mini-batch of a step, flagged ``update_lr_scheduler``, is the next step's first,
   where theta = theta_old), and prints once per process the rank and host it runs on. When the loss's
   config has ERC on but the loss is not ERC's (the trainer did not install it: verl's legacy
   trainer, or a trainer registered after the plugin), a training pass raises
-  :class:`verl_erc.losses.ErcInputError` before any gradient is taken.
+  :class:`verl_erc.erc.losses.ErcInputError` before any gradient is taken.
 - ``prepare_model_outputs``: on a flagged micro-batch it adds ``model_output["erc_entropy"]``, the
   entropy of every token's next-token distribution at the log-probs' temperature, without an
   autograd graph, in the same nested layout as ``log_probs`` (padded and no-padding inputs, dynamic
   batch size, Ulysses SP gather). Where verl already computed the current entropy (for the entropy
   bonus, ``entropy_coeff != 0``, or ``calculate_entropy``), that tensor is reused, detached;
   otherwise it is computed from the same logits, chunked over rows
-  (:func:`verl_erc.entropy.entropy_no_grad`). Under tensor parallelism (logits sharded on the
+  (:func:`verl_erc.erc.entropy.entropy_no_grad`). Under tensor parallelism (logits sharded on the
   vocabulary) it is computed from each rank's slice with two small all-reduces per chunk
-  (:func:`verl_erc.entropy.vocab_parallel_entropy_no_grad`), not from a second all-gather.
+  (:func:`verl_erc.erc.entropy.vocab_parallel_entropy_no_grad`), not from a second all-gather.
 
 This module does not import verl's engine package: the engines that subclass the mixin are
-registered while that package is being imported (:mod:`verl_erc.after_import`), whichever module
+registered while that package is being imported (:mod:`verl_erc.hooks.after_import`), whichever module
 a process imports first.
 """
 
@@ -37,8 +37,8 @@ from torch.distributed.tensor import DTensor
 from verl.utils import tensordict_utils as tu
 
 from verl_erc.config import ERC_KEY, POSITIVE_NLL_KEY
-from verl_erc.entropy import DEFAULT_CHUNK_SIZE, entropy_no_grad, vocab_parallel_entropy_no_grad
-from verl_erc.losses import CURRENT_ENTROPY_KEY, ERC_ONPOLICY_FLAG, ErcInputError, erc_ppo_loss
+from verl_erc.erc.entropy import DEFAULT_CHUNK_SIZE, entropy_no_grad, vocab_parallel_entropy_no_grad
+from verl_erc.erc.losses import CURRENT_ENTROPY_KEY, ERC_ONPOLICY_FLAG, ErcInputError, erc_ppo_loss
 
 #: non-tensor batch keys the hook sets when the loss is ERC's (read back per micro-batch).
 ERC_ENTROPY_FLAG = "erc_calculate_entropy"

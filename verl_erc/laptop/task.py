@@ -12,7 +12,7 @@ sources for what they are (:data:`HELDOUT`: ``toy_heldout_avg32``, ``toy_heldout
 of a rehearsal reads as an AIME24 or MATH500 score. The recipes' reward (:mod:`verl_erc.reward`,
 math-verify on the last ``\\boxed{}``) grades the responses.
 
-The toy model (:mod:`verl_erc.cpu.assets`) is warmed up on the *format* of a response only: it
+The toy model (:mod:`verl_erc.laptop.assets`) is warmed up on the *format* of a response only: it
 restates the problem (``3 times one is``), closes that "thinking" with ``</think>`` as DeepSeek-R1's
 distilled models do (the official recipes' reward grades only what follows it), answers ``\\boxed{d}``
 with a random digit ``d``, then runs on with filler words, mostly a few and now and then many. So responses vary in length, a few

@@ -7,7 +7,7 @@ of ``actor.ppo_max_token_len_per_gpu``. In bf16 on GPUs the GEMMs of different s
 other orders, so the same weights give the same tokens other entropies, and ERC's +-5 % band clips
 rounding on top of policy drift (docs/erc_noise_floor.md). With ``erc.old_pass=aligned``:
 
-- the trainer (:mod:`verl_erc.trainer`) hands the actor's old pass the update's split,
+- the trainer (:mod:`verl_erc.hooks.trainer`) hands the actor's old pass the update's split,
   :func:`update_split` (the values verl's ``_update_actor`` passes to ``train_mini_batch``), under
   the batch key :data:`ALIGNED_OLD_PASS_KEY`;
 - the engine (:class:`AlignedOldPassMixin`) splits the batch into the update's first-epoch
@@ -85,7 +85,7 @@ def restore_order(nested_parts: list[torch.Tensor], order: list[torch.Tensor]) -
 
 
 class AlignedOldPassMixin:
-    """Mixin for an ``FSDPEngineWithLMHead`` subclass (before :class:`~verl_erc.entropy_hook.ErcEntropyMixin`
+    """Mixin for an ``FSDPEngineWithLMHead`` subclass (before :class:`~verl_erc.hooks.entropy_hook.ErcEntropyMixin`
     in the bases): ``infer_batch`` on the update's micro-batches when the batch carries
     :data:`ALIGNED_OLD_PASS_KEY`; verl's ``infer_batch`` otherwise."""
 
@@ -93,8 +93,8 @@ class AlignedOldPassMixin:
         split = tu.get_non_tensor_data(data=data, key=ALIGNED_OLD_PASS_KEY, default=None)
         if split is None:
             return super().infer_batch(data, loss_function=loss_function)
-        from verl_erc.entropy_hook import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG
-        from verl_erc.losses import CURRENT_ENTROPY_KEY, OLD_ENTROPY_KEY, ErcInputError
+        from verl_erc.hooks.entropy_hook import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG
+        from verl_erc.erc.losses import CURRENT_ENTROPY_KEY, OLD_ENTROPY_KEY, ErcInputError
 
         dp_size = self.get_data_parallel_size()
         if split["mini_batch_size"] % dp_size or len(data) % (split["mini_batch_size"] // dp_size):

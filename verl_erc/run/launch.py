@@ -5,17 +5,17 @@ A run lives in its run directory (recipes: ``$ERC_RUNS_DIR/<run name>``, passed 
 folder ``trainer.default_local_dir``. Three steps, each its own function:
 
 - :func:`observe` reads what the run directory holds (:class:`RunDirectory`): its identity
-  (``identity.json``, ``config.yaml``: :mod:`verl_erc.run_identity`), the newest *complete* checkpoint of this
-  launch's checkpoint folder (:mod:`verl_erc.checkpoints`), the furthest step earlier launches reached;
+  (``identity.json``, ``config.yaml``: :mod:`verl_erc.run.identity`), the newest *complete* checkpoint of this
+  launch's checkpoint folder (:mod:`verl_erc.run.checkpoints`), the furthest step earlier launches reached;
 - :func:`launch_refusal`, pure, says why a launch must not run, or None: a damaged record; a changed experiment
   key or input (data files, model folder) unless ``run_guard.allow_changes``; a restart from scratch into a
   directory that holds a run (``resume_mode=disable``, checkpoints none of which is complete, or a checkpoint
-  folder without the run's checkpoints); a finished run. The pre-queue check (:mod:`verl_erc.submit_check`)
+  folder without the run's checkpoints); a finished run. The pre-queue check (:mod:`verl_erc.cluster.submit_check`)
   asks the same function;
 - :func:`prepare_launch` (``python -m verl_erc.main``) refuses, or resumes from the newest complete checkpoint
   (a truncated or dangling verl pointer falls back to it), skips verl's step-0 validation on a resume, and
   records the launch (``launches.log``, ``identity.json``, written atomically), the state the Slurm job reads
-  (``$VERL_ERC_LAUNCH_STATE``) and the stop request (:mod:`verl_erc.preemption`).
+  (``$VERL_ERC_LAUNCH_STATE``) and the stop request (:mod:`verl_erc.run.preemption`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from verl_erc.checkpoints import ResumePoint, newest_complete_step, resume_point, step_folders
-from verl_erc.cpu.preflight import set_ray_env_var
-from verl_erc.preemption import STOP_FILE_ENV, stop_file, stop_reason
+from verl_erc.run.checkpoints import ResumePoint, newest_complete_step, resume_point, step_folders
+from verl_erc.run.preflight import set_ray_env_var
+from verl_erc.run.preemption import STOP_FILE_ENV, stop_file, stop_reason
 from verl_erc.recipes import LAUNCH_ID_FORMAT
-from verl_erc.run_identity import (
+from verl_erc.run.identity import (
     changed_inputs,
     config_hash,
     differences,
@@ -156,7 +156,7 @@ def launch_refusal(config: DictConfig, run: RunDirectory) -> str | None:
             return (f"{run.path} holds a run ({len(run.identity.get('launches', []))} launch(es)) whose experiment this launch "
                     f"changes:\n{listing}\nContinuing would mix two experiments in one run (its checkpoints, optimizer "
                     f"state and metrics). Either\n{_ways_out(run.path)}\n(keys a relaunch may change: "
-                    "verl_erc.run_identity.RELAUNCH_KEYS; the total steps only where no learning-rate schedule depends "
+                    "verl_erc.run.identity.RELAUNCH_KEYS; the total steps only where no learning-rate schedule depends "
                     "on them)")
         inputs = changed_inputs(run.identity.get("inputs", {}), run.inputs)
         if inputs and not allowed:
@@ -294,7 +294,7 @@ def write_state(launch: Launch, **outcome) -> None:
 
 def finish_launch(launch: Launch, error: BaseException | None = None) -> str:
     """Record how the launch ended and return it: ``finished`` (checkpoint at ``total_training_steps``),
-    ``stopped`` (on request, :mod:`verl_erc.preemption`), ``interrupted``, ``failed`` or ``ended``."""
+    ``stopped`` (on request, :mod:`verl_erc.run.preemption`), ``interrupted``, ``failed`` or ``ended``."""
     end_step = newest_complete_step(launch.checkpoint_dir)
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         outcome = "interrupted"

@@ -1,4 +1,4 @@
-"""``python -m verl_erc.submit_check RECIPE --nodes N --gpus-per-node G``: will the job run on its allocation?
+"""``python -m verl_erc.cluster.submit_check RECIPE --nodes N --gpus-per-node G``: will the job run on its allocation?
 
 ``slurm/submit.sh`` runs this before every submission (``--check`` alone, ``--no-check`` skips it), on
 the CPU, in seconds, on the exact config the job will run: the recipe's command (:mod:`verl_erc.recipes`) with
@@ -74,7 +74,7 @@ def verl_problems(cfg: DictConfig) -> list[Problem]:
     from verl.utils import omega_conf_to_dataclass
     from verl.utils.config import validate_config
 
-    from verl_erc.trainer import validate_erc_config
+    from verl_erc.hooks.trainer import validate_erc_config
 
     checks = [("verl's validate_config", lambda: validate_config(cfg, need_reference_policy(cfg), need_critic(cfg))),
               ("ERC's validate_erc_config", lambda: validate_erc_config(cfg))]
@@ -161,8 +161,8 @@ def data_problems(cfg: DictConfig) -> list[Problem]:
 
 def run_dir_problems(cfg: DictConfig, run_dir: Path) -> list[Problem]:
     """The run directory can be written, and a launch into it would not be refused (the launch's own rule,
-    :func:`verl_erc.launch.launch_refusal`)."""
-    from verl_erc.launch import launch_refusal, observe
+    :func:`verl_erc.run.launch.launch_refusal`)."""
+    from verl_erc.run.launch import launch_refusal, observe
 
     existing = run_dir
     while not existing.exists():
@@ -300,7 +300,7 @@ def memory_problems(cfg: DictConfig, model: ModelFacts, gpu_mem_gib: float) -> l
 def check(recipe: str, nodes: int, gpus: int, gpu_mem_gib: float, overrides: list[str]) -> int:
     name, job_overrides, run_dir = job_command(recipe, nodes, gpus, overrides)
     cfg = compose_job_config(name, job_overrides)
-    print(f"verl_erc.submit_check: {recipe} (config {name}) on {nodes} node(s) x {gpus} GPU(s) of {gpu_mem_gib:g} GiB; "
+    print(f"verl_erc.cluster.submit_check: {recipe} (config {name}) on {nodes} node(s) x {gpus} GPU(s) of {gpu_mem_gib:g} GiB; "
           f"run directory {run_dir}", flush=True)
     refused = verl_problems(cfg)
     found, model = model_problems(str(cfg.actor_rollout_ref.model.path))
@@ -312,16 +312,16 @@ def check(recipe: str, nodes: int, gpus: int, gpu_mem_gib: float, overrides: lis
         if model is not None and gpus > 0:
             problems += memory_problems(cfg, model, gpu_mem_gib)
     if problems:
-        print(f"verl_erc.submit_check: {len(problems)} problem(s); the job would fail (or train other than configured):")
+        print(f"verl_erc.cluster.submit_check: {len(problems)} problem(s); the job would fail (or train other than configured):")
         for problem in problems:
             print(f"  - {problem}")
         return 1
-    print("verl_erc.submit_check: ok")
+    print("verl_erc.cluster.submit_check: ok")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m verl_erc.submit_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m verl_erc.cluster.submit_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="a recipe of recipes/ (evaluate: its arguments follow as overrides)")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=8)
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return check(args.recipe, args.nodes, args.gpus_per_node, args.gpu_mem, overrides)
     except CheckError as error:
-        print(f"verl_erc.submit_check: {error}", file=sys.stderr)
+        print(f"verl_erc.cluster.submit_check: {error}", file=sys.stderr)
         return 2
 
 

@@ -6,7 +6,7 @@ data, model, lengths, batch shape, seed, workers' environment, ...) except the k
 settings, which a relaunch of the same run may change. ``trainer.total_training_steps`` (and
 ``total_epochs``) is one of those unless a learning-rate schedule depends on it (:func:`schedule_depends_on_steps`).
 What the config does not show, the contents behind its paths, is :func:`input_fingerprints`: the training
-and validation files and the model folder. :mod:`verl_erc.launch` refuses a launch into a run directory
+and validation files and the model folder. :mod:`verl_erc.run.launch` refuses a launch into a run directory
 whose recorded experiment keys or inputs differ from the new ones, listing each with both values.
 """
 
@@ -50,7 +50,7 @@ RELAUNCH_KEYS = (
     "actor_rollout_ref.rollout.max_num_batched_tokens", "actor_rollout_ref.rollout.max_num_seqs",
     "actor_rollout_ref.rollout.enforce_eager", "*.checkpoint_engine.update_weights_bucket_megabytes",
     "trainer.v1.sampler.sampler_kwargs.poll_interval",
-    # verl-erc's own launch switches (verl_erc.launch)
+    # verl-erc's own launch switches (verl_erc.run.launch)
     "run_guard.*",
 )
 #: distributions whose versions a run records

@@ -34,9 +34,9 @@ from verl_erc.erc.equations import (
     positive_tokens,
     within_tolerance,
 )
-from verl_erc.metric_keys import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
+from verl_erc.metrics import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
 
-#: model_output key under which the entropy hook (verl_erc.entropy_hook) puts the current entropy.
+#: model_output key under which the entropy hook (verl_erc.hooks.entropy_hook) puts the current entropy.
 CURRENT_ENTROPY_KEY = "erc_entropy"
 #: update-batch field holding the old-policy entropy (written by verl's old-log-prob pass).
 OLD_ENTROPY_KEY = "entropy"
@@ -255,7 +255,7 @@ def ppo_loss_with_erc(config, model_output: dict, data, dp_group=None):
     if model_output.get(CURRENT_ENTROPY_KEY) is None:
         raise _missing(
             "the current-policy entropy is missing from the actor's model output",
-            "the actor engine must include verl_erc's entropy hook (verl_erc.entropy_hook.ErcEntropyMixin); "
+            "the actor engine must include verl_erc's entropy hook (verl_erc.hooks.entropy_hook.ErcEntropyMixin); "
             "check that `import verl_erc` succeeds in the workers (python -m verl_erc --check) and that the "
             "trainer is started with python -m verl_erc.main",
         )
@@ -318,7 +318,7 @@ def ppo_loss_with_erc(config, model_output: dict, data, dp_group=None):
     if onpolicy:
         metrics.update(onpolicy_diffs)
     if erc.analysis.enable:
-        from verl_erc.analysis import record_tokens
+        from verl_erc.erc.token_analysis import record_tokens
 
         fields = data.select("old_log_probs", "advantages").to_padded_tensor()
         record_tokens(
