@@ -34,6 +34,7 @@ setup(
         "matplotlib>=3.8",
         "tensorboard>=2.15",
         "markdown>=3.4",
+        "scipy>=1.11",  # Student's t intervals and tests of the seed statistics (verl_erc/report/stats.py)
     ],
     extras_require={
         # GPU rollout: verl 0.9.1's own [vllm] set (vllm==0.24.0, torch==2.11.0, transformers==5.9.0,

@@ -19,7 +19,8 @@ import pytest
 from pngcheck import assert_real_png
 from verl.utils.tracking import Tracking
 
-from verl_erc.compare import main, pair_runs, run_labels
+from verl_erc.compare import main
+from verl_erc.report.grouping import pair_runs, run_labels
 from verl_erc.report.runlogs import RunLogError, load_run
 
 ROOT = Path(__file__).resolve().parents[1]

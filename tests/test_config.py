@@ -1,6 +1,9 @@
 """ERC config: Hydra composition, dataclass conversion, validation at start-up, the plugin check."""
 
+import json
+import os
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -32,6 +35,27 @@ def test_defaults_compose_and_convert():
     assert isinstance(erc, ErcConfig)
     assert (erc.enable, erc.beta_low, erc.beta_high, erc.entropy_eps) == (False, 0.05, 0.05, 1e-6)
     assert validate_erc_config(cfg) is None  # ERC off: nothing to check
+
+
+def test_the_yaml_takes_every_default_from_the_dataclasses():
+    """hydra_conf/erc_base.yaml lists every field of verl-erc's actor config (so each is an override without +) and
+    takes its default from the dataclass (${erc.default:...}); the analysis path is the one default it sets."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    cfg = compose_erc(["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
+    composed = OmegaConf.to_container(cfg.actor_rollout_ref.actor.erc, resolve=True)
+
+    def without_target(node):
+        return {k: without_target(v) if isinstance(v, dict) else v for k, v in node.items() if k != "_target_"}
+
+    expected = without_target(asdict(ErcConfig()))
+    expected["analysis"]["path"] = f"{cfg.trainer.default_local_dir}/erc_tokens/rank{{rank}}.jsonl"
+    assert without_target(composed) == expected
+    assert cfg.actor_rollout_ref.actor.positive_nll_coef == ErcFSDPActorConfig.__dataclass_fields__["positive_nll_coef"].default
+    raw = (Path(__file__).resolve().parents[1] / "hydra_conf" / "erc_base.yaml").read_text()
+    assert "beta_low: ${erc.default:erc.beta_low}" in raw and "0.05" not in raw  # no value written twice
 
 
 def test_erc_overrides_reach_the_actor_dataclass():
@@ -111,6 +135,17 @@ def test_main_rejects_bad_value_before_starting_ray():
 def test_plugin_loads_through_verl_entry_point():
     out = subprocess.run([sys.executable, "-m", "verl_erc", "--check"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert '"loaded_by_entry_point": true' in out.stdout
-    assert '"gppo"' in out.stdout
-    assert '"erc_trainer_modes": [\n    "colocate_async",\n    "separate_async",\n    "sync"\n  ]' in out.stdout
+    report = json.loads(out.stdout)
+    assert report["loaded_by_entry_point"] and report["policy_losses"] == ["gppo"]
+    assert report["erc_trainer_modes"] == ["colocate_async", "separate_async", "sync"]
+    assert report["entropy_hook_engines"] and report["failed_registrations"] == {}
+
+
+def test_check_fails_naming_a_registration_that_failed(tmp_path):
+    """A process where one registration fails (here the engine module cannot be imported, as when verl renames the
+    registry it uses): --check exits 1 and names it, though verl loaded the plugin."""
+    (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["verl_erc.hooks.engine"] = None\n')
+    out = subprocess.run([sys.executable, "-m", "verl_erc", "--check"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 1, out.stdout + out.stderr[-2000:]
+    assert "NOT READY: missing: the entropy hook in verl's FSDP engine; failed after verl.workers.engine:" in out.stderr

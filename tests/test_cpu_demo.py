@@ -18,7 +18,7 @@ def test_each_run_is_a_rehearsal_of_a_paper_recipe_with_the_overrides_last():
 
 
 def test_runs_are_named_so_that_compare_pairs_them():
-    from verl_erc.compare import group_runs, pair_runs
+    from verl_erc.report.grouping import group_runs, pair_runs
 
     assert demo.plan_runs(None) == [("dapo_7b", 1), ("erc_dapo_7b", 1)]
     names = [f"{recipe}-seed{seed}" for recipe, seed in demo.plan_runs([1, 2])]

@@ -10,18 +10,20 @@ first-class config key with a default (no ``+`` needed), e.g.::
 
 It also registers the OmegaConf resolvers ``erc.floordiv`` (``${erc.floordiv:a,b}`` is ``a // b``) and
 ``erc.mul`` (``a * b``), with which a config states one setting as a multiple of another, e.g. DAPO's
-overlong buffer as a quarter of the response budget (``hydra_conf/method/dapo.yaml``).
+overlong buffer as a quarter of the response budget (``hydra_conf/method/dapo.yaml``), and ``erc.default``
+(:func:`actor_default`), with which ``hydra_conf/erc_base.yaml`` takes these dataclasses' defaults.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from verl.base_config import BaseConfig
 from verl.workers.config import FSDPActorConfig
 
+from verl_erc.erc.entropy import DEFAULT_CHUNK_SIZE
 from verl_erc.hooks.after_import import FAILED
 from verl_erc.hooks.old_pass import OLD_PASS_MODES
 
@@ -105,7 +107,7 @@ class ErcConfig(BaseConfig):
     beta_high: float = 0.05
     entropy_eps: float = 1e-6
     entropy_atol: float = 0.0
-    entropy_chunk_size: int = 256
+    entropy_chunk_size: int = DEFAULT_CHUNK_SIZE
     old_pass: str = "aligned"
     analysis: ErcAnalysisConfig = field(default_factory=ErcAnalysisConfig)
 
@@ -168,3 +170,18 @@ class ErcFSDPActorConfig(FSDPActorConfig):
                 f"{ERC_KEY}.enable=true is implemented for the FSDP actor (strategy fsdp/fsdp2), "
                 f"got strategy={self.strategy!r}"
             )
+
+
+def actor_default(path: str) -> Any:
+    """The dataclass default of ``actor_rollout_ref.actor.<path>`` for verl-erc's fields (``erc.beta_low``,
+    ``positive_nll_coef``, ...): ``${erc.default:<path>}`` in ``hydra_conf/erc_base.yaml`` reads it, so the defaults
+    are written here only."""
+    cls, value = ErcFSDPActorConfig, None
+    for name in path.split("."):
+        spec = {f.name: f for f in fields(cls)}[name]
+        value = spec.default if spec.default is not MISSING else spec.default_factory()
+        cls = type(value)
+    return value
+
+
+OmegaConf.register_new_resolver("erc.default", actor_default, replace=True)

@@ -34,7 +34,7 @@ from verl_erc.erc.equations import (
     positive_tokens,
     within_tolerance,
 )
-from verl_erc.metrics import ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
+from verl_erc import metrics as M
 
 #: model_output key under which the entropy hook (verl_erc.hooks.entropy_hook) puts the current entropy.
 CURRENT_ENTROPY_KEY = "erc_entropy"
@@ -93,8 +93,8 @@ def compute_policy_loss_gppo(
         loss_mat=pg_losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
     )
     metrics = {
-        "actor/pg_clipfrac": verl_F.masked_mean(is_clipped.float(), response_mask).item(),
-        "actor/ppo_kl": verl_F.masked_mean(-negative_approx_kl, response_mask).detach().item(),
+        M.PG_CLIPFRAC: verl_F.masked_mean(is_clipped.float(), response_mask).item(),
+        M.PPO_KL: verl_F.masked_mean(-negative_approx_kl, response_mask).detach().item(),
         "actor/pg_clipfrac_lower": verl_F.masked_mean(
             torch.gt(clip_pg_losses1, pg_losses3) * (advantages < 0).float(), response_mask
         ).item(),
@@ -140,18 +140,18 @@ def erc_metrics(ratio, keep, kept_by_atol, clamped, response_mask, beta_low, bet
     share = lambda t: Metric(AggregationType.SUM, t[mask].float().sum().item() * scale)  # noqa: E731
     clipped = ~keep
     metrics = {
-        "actor/erc_clipfrac": share(clipped),
-        "actor/erc_clipfrac_high": share(clipped & (ratio >= 1.0 + beta_high)),
-        "actor/erc_clipfrac_low": share(clipped & (ratio <= 1.0 - beta_low)),
-        "actor/erc_kept_by_atol": share(kept_by_atol),
-        "actor/erc_entropy_clamped": share(clamped),
-        "actor/erc_ratio_mean": share(ratio),
-        "actor/erc_ratio_clipped_mean": share(ratio.clamp(0.0, RATIO_CLIP)),
-        "actor/erc_ratio_min": Metric(AggregationType.MIN, valid.min().item() if valid.numel() else float("inf")),
-        "actor/erc_ratio_max": Metric(AggregationType.MAX, valid.max().item() if valid.numel() else float("-inf")),
+        M.ERC_CLIPFRAC: share(clipped),
+        M.ERC_CLIPFRAC_HIGH: share(clipped & (ratio >= 1.0 + beta_high)),
+        M.ERC_CLIPFRAC_LOW: share(clipped & (ratio <= 1.0 - beta_low)),
+        M.ERC_KEPT_BY_ATOL: share(kept_by_atol),
+        M.ERC_ENTROPY_CLAMPED: share(clamped),
+        M.ERC_RATIO_MEAN: share(ratio),
+        M.ERC_RATIO_CLIPPED_MEAN: share(ratio.clamp(0.0, RATIO_CLIP)),
+        M.ERC_RATIO_MIN: Metric(AggregationType.MIN, valid.min().item() if valid.numel() else float("inf")),
+        M.ERC_RATIO_MAX: Metric(AggregationType.MAX, valid.max().item() if valid.numel() else float("-inf")),
     }
     if onpolicy:
-        metrics["actor/erc_clipfrac_onpolicy"] = share(clipped)
+        metrics[M.ERC_CLIPFRAC_ONPOLICY] = share(clipped)
     return metrics
 
 
@@ -207,7 +207,7 @@ def erc_ppo_loss(config, model_output: dict, data, dp_group=None):
     if config.positive_nll_coef:
         term, nll = positive_nll_term(config, model_output, data)
         loss = loss + term
-        metrics["actor/positive_nll"] = Metric(AggregationType.MEAN, nll)
+        metrics[M.POSITIVE_NLL] = Metric(AggregationType.MEAN, nll)
     return loss, metrics
 
 
@@ -276,9 +276,9 @@ def ppo_loss_with_erc(config, model_output: dict, data, dp_group=None):
     if onpolicy:  # theta = theta_old: any difference between the passes is numerics, not policy drift
         old_log_prob = data.select("old_log_probs").to_padded_tensor()["old_log_probs"]
         onpolicy_diffs = {
-            ONPOLICY_LOGPROB_MAXDIFF: onpolicy_maxdiff(
+            M.ONPOLICY_LOGPROB_MAXDIFF: onpolicy_maxdiff(
                 old_log_prob, no_padding_2_padding(model_output["log_probs"], data).detach(), response_mask),
-            ONPOLICY_ENTROPY_MAXDIFF: onpolicy_maxdiff(old_entropy, new_entropy, response_mask),
+            M.ONPOLICY_ENTROPY_MAXDIFF: onpolicy_maxdiff(old_entropy, new_entropy, response_mask),
         }
     old_entropy, old_clamped = checked_entropy(old_entropy, response_mask, "old-policy (verl's old-log-prob pass)")
     new_entropy, new_clamped = checked_entropy(new_entropy, response_mask, "current (the update's forward pass)")

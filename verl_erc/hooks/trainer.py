@@ -35,29 +35,29 @@ from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ERC_KEY, POSITIVE_NLL_KEY, ErcConfigError, ErcFSDPActorConfig
 from verl_erc.erc.losses import erc_ppo_loss
-from verl_erc.metrics import ALL_GENERATED, ONPOLICY_ENTROPY_MAXDIFF, ONPOLICY_LOGPROB_MAXDIFF
+from verl_erc import metrics as M
 from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY, aligned_split_problems, update_split
 from verl_erc.run.preemption import STOP_FILE_ENV, StopOnRequestMixin
 
 #: (label, metric key, format) of the per-step summary line; keys not logged in a step are left out
 SUMMARY_FIELDS = (
-    ("reward", "critic/score/mean", ".3f"),  # over the groups DAPO kept
-    ("acc_all", ALL_GENERATED, ".3f"),  # over every generated response (DAPO)
-    ("resp_len", "response_length/mean", ".1f"),
-    ("at_limit", "response_length/clip_ratio", ".3f"),  # responses cut at max_response_length
-    ("groups_dropped", "training/filter_groups/evicted_samples", ".0f"),  # dynamic sampling (DAPO)
-    ("entropy", "actor/entropy", ".3f"),
-    ("pg_clipfrac", "actor/pg_clipfrac", ".4f"),
-    ("erc_clipfrac", "actor/erc_clipfrac", ".4f"),
-    ("onpolicy", "actor/erc_clipfrac_onpolicy", ".4f"),  # on the first mini-batch, theta = theta_old: noise
-    ("dlogp0", ONPOLICY_LOGPROB_MAXDIFF, ".3g"),  # its largest |old - new| log-prob: 0 when the passes agree
-    ("dH0", ONPOLICY_ENTROPY_MAXDIFF, ".3g"),  # and entropy
-    ("high", "actor/erc_clipfrac_high", ".4f"),
-    ("low", "actor/erc_clipfrac_low", ".4f"),
-    ("rho", "actor/erc_ratio_mean", ".3f"),
-    ("pos_nll", "actor/positive_nll", ".3f"),  # the official code's extra loss (positive_nll_coef > 0)
-    ("grad_norm", "actor/grad_norm", ".3g"),
-    ("step_s", "timing_s/step", ".1f"),
+    ("reward", M.SCORE, ".3f"),  # over the groups DAPO kept
+    ("acc_all", M.ALL_GENERATED, ".3f"),  # over every generated response (DAPO)
+    ("resp_len", M.RESPONSE_LENGTH, ".1f"),
+    ("at_limit", M.RESPONSE_AT_LIMIT, ".3f"),  # responses cut at max_response_length
+    ("groups_dropped", M.EVICTED, ".0f"),  # dynamic sampling (DAPO)
+    ("entropy", M.ENTROPY, ".3f"),
+    ("pg_clipfrac", M.PG_CLIPFRAC, ".4f"),
+    ("erc_clipfrac", M.ERC_CLIPFRAC, ".4f"),
+    ("onpolicy", M.ERC_CLIPFRAC_ONPOLICY, ".4f"),  # on the first mini-batch, theta = theta_old: noise
+    ("dlogp0", M.ONPOLICY_LOGPROB_MAXDIFF, ".3g"),  # its largest |old - new| log-prob: 0 when the passes agree
+    ("dH0", M.ONPOLICY_ENTROPY_MAXDIFF, ".3g"),  # and entropy
+    ("high", M.ERC_CLIPFRAC_HIGH, ".4f"),
+    ("low", M.ERC_CLIPFRAC_LOW, ".4f"),
+    ("rho", M.ERC_RATIO_MEAN, ".3f"),
+    ("pos_nll", M.POSITIVE_NLL, ".3f"),  # the official code's extra loss (positive_nll_coef > 0)
+    ("grad_norm", M.GRAD_NORM, ".3g"),
+    ("step_s", M.STEP_TIME, ".1f"),
 )
 
 
@@ -66,7 +66,7 @@ def step_summary(metrics: dict, step: int, total_steps: int) -> str:
     parts = [f"{label} {metrics[key]:{fmt}}" for label, key, fmt in SUMMARY_FIELDS if key in metrics]
     parts += [  # validation avg@k per source (verl's mean@k; its best@k/std keys are left out)
         f"{key} {value:.3f}" for key, value in sorted(metrics.items())
-        if key.startswith("val-core/") and key.rsplit("/", 1)[-1].startswith("mean@")
+        if key.startswith(M.VAL_CORE_PREFIX) and key.rsplit("/", 1)[-1].startswith("mean@")
     ]
     return f"verl_erc step {step}/{total_steps} | " + " | ".join(parts)
 
