@@ -13,7 +13,6 @@ computes): ``bitwise`` or the max abs difference.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -21,8 +20,10 @@ import sys
 import time
 from datetime import datetime, timezone
 
-if importlib.util.find_spec("verl_erc") is None:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+harness.use_source_tree()
 
 SWEEP_ROWS = {"cpu": (2, 4, 8, 16, 32, 64, 256), "cuda": (64, 256, 1024, 4096)}
 
@@ -122,12 +123,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _rss():
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
 def run_memory(spec) -> dict:
     """Transient memory of one variant, in its own process."""
     import resource
@@ -146,7 +141,7 @@ def run_memory(spec) -> dict:
             fn(x)
             torch.cuda.synchronize()
             return {"transient_bytes": torch.cuda.max_memory_allocated() - before}
-        before = _rss()
+        before = harness.rss_bytes()
         fn(x)
         return {"transient_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}
 

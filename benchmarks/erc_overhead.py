@@ -52,17 +52,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 
-import importlib.util
 
-if importlib.util.find_spec("verl_erc") is None:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+harness.use_source_tree()
 
 DEFAULT_VARIANTS = ("baseline", "erc", "naive")
 BONUS_VARIANTS = ("bonus", "erc_bonus", "erc_bonus_twice")
@@ -263,42 +261,10 @@ class _Bench:
         return info
 
 
-def _rss_bytes() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def _peak_rss_bytes() -> int:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux: KiB
-
-
-def _fix_malloc_mmap_threshold(nbytes: int) -> bool:
-    """glibc: serve every allocation >= ``nbytes`` by mmap and give it back on free.
-
-    By default glibc raises this threshold (up to 32 MiB) each time a large block is freed, so
-    which later tensors land in the never-shrinking heap depends on the allocation history:
-    the same tensors could then show peak RSS differing by a GiB between variants. A fixed
-    threshold (which also turns the dynamic adjustment off) makes peak RSS track the live
-    tensors. Returns False where mallopt is unavailable (not glibc).
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_MMAP_THRESHOLD = -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes)))
-    except Exception:
-        return False
-
-
 def run_child(spec: dict) -> dict:
     fixed = None
     if spec["mode"] == "memory" and spec["device"] == "cpu" and spec.get("malloc_mmap_threshold"):
-        fixed = _fix_malloc_mmap_threshold(spec["malloc_mmap_threshold"])
+        fixed = harness.fix_malloc_mmap_threshold(spec["malloc_mmap_threshold"])
     bench = _Bench(spec)
     torch = bench.torch
     res = {"mode": spec["mode"], "erc_functions": bench.erc_source, "torch_threads": torch.get_num_threads()}
@@ -310,14 +276,14 @@ def run_child(spec: dict) -> dict:
             torch.cuda.reset_peak_memory_stats()
             res["mem_before_step_bytes"] = torch.cuda.memory_allocated()
         else:
-            res["mem_before_step_bytes"] = _rss_bytes()
+            res["mem_before_step_bytes"] = harness.rss_bytes()
         steps = [bench.step(variant) for _ in range(spec["memory_steps"])]
         if bench.cuda:
             res["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
             res["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
             res["mem_kind"] = "torch.cuda.max_memory_allocated"
         else:
-            res["peak_mem_bytes"] = _peak_rss_bytes()
+            res["peak_mem_bytes"] = harness.peak_rss_bytes()
             res["mem_kind"] = "peak RSS of a fresh process (getrusage ru_maxrss)" + (
                 f", glibc mmap threshold fixed at {spec['malloc_mmap_threshold']} B" if fixed else ", glibc malloc defaults"
             )
@@ -404,59 +370,15 @@ class _Launcher:
 
 def _env(args) -> dict:
     import torch
-    import transformers
-    import verl
 
-    env = {
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "verl": getattr(verl, "__version__", "?"),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": args.threads or torch.get_num_threads(),
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    try:
-        from importlib.metadata import version
-
-        env["verl_erc"] = version("verl-erc")
-    except Exception:
-        env["verl_erc"] = "source tree"
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        env["git_commit"] = subprocess.run(
-            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
-        env["git_dirty"] = bool(subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "--", "verl_erc", "benchmarks"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip())
-    except Exception:
-        env["git_commit"] = None
+    env = harness.environment(args.device)
+    env["torch_threads"] = args.threads or torch.get_num_threads()
     try:
         from verl.utils.torch_functional import FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE as flash_ce
     except Exception:
         flash_ce = None
     env["verl_logprobs_path"] = "flash-attn cross_entropy" if flash_ce else "torch (logprobs_from_logits_v2)"
-    if args.device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-        env["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _med(xs):

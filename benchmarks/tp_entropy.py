@@ -20,7 +20,6 @@ Each variant runs in fresh processes (one per rank, gloo on CPU, NCCL on CUDA): 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -28,15 +27,12 @@ import sys
 import time
 from datetime import datetime, timezone
 
-if importlib.util.find_spec("verl_erc") is None:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+harness.use_source_tree()
 
 VARIANTS = ("gather", "sharded")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _rank(rank: int, spec: dict, port: int, out: str) -> None:
@@ -75,7 +71,7 @@ def _rank(rank: int, spec: dict, port: int, out: str) -> None:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_bytes()
+        base = harness.rss_bytes()
     times = []
     for _ in range(spec["repeats"]):
         dist.barrier()
