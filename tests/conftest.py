@@ -1,26 +1,58 @@
-"""Shared test helpers: actor configs for the loss tests, the rehearsals' asset cache (no GPU, no hub)."""
+"""Fixtures, and the test tiers (pytest.ini's markers).
+
+Tiers, from fast to slow: ``unit`` (every test not marked otherwise: pure Python in this process, no process
+started, which :func:`pytest_runtest_protocol` enforces), ``process`` (starts real processes: child
+interpreters, gloo ranks, a vLLM engine, the launch scripts), ``cpu_e2e`` (verl's V1 trainer end to end on CPU)
+and ``slurm`` (needs Debian's slurm-wlm). ``pytest -m unit`` runs the first tier in a few minutes.
+"""
+
+import os
+import subprocess
 
 import pytest
-from verl.workers.config import PolicyLossConfig
+from helpers import make_actor_config
 
-import verl_erc.plugin  # noqa: F401  (registers gppo etc. even if the entry point is disabled)
-from verl_erc.config import ErcConfig, ErcFSDPActorConfig
+#: the markers of the tiers above ``unit`` (a test with none of them is a unit test)
+SLOW_TIERS = ("process", "cpu_e2e", "slurm", "gpu_resolve")
 
 
-def make_actor_config(loss_mode: str = "vanilla", erc: bool | ErcConfig = True, **overrides) -> ErcFSDPActorConfig:
-    """An actor config as the workers get it, for calling losses directly (``erc``: on/off with the paper's band, or a config)."""
-    policy_loss = PolicyLossConfig(loss_mode=loss_mode, dro_beta=0.1 if loss_mode == "dro" else None)
-    kwargs = dict(
-        strategy="fsdp2",
-        rollout_n=1,
-        ppo_micro_batch_size_per_gpu=1,
-        clip_ratio_low=0.2,
-        clip_ratio_high=0.28,
-        policy_loss=policy_loss,
-        erc=erc if isinstance(erc, ErcConfig) else ErcConfig(enable=erc, beta_low=0.05, beta_high=0.05),
-    )
-    kwargs.update(overrides)
-    return ErcFSDPActorConfig(**kwargs)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A unit test that starts a process fails, naming the marker it needs; its fixtures, module- and
+    session-scoped ones included, are held to the same rule (they are set up inside this wrapper)."""
+    if item.get_closest_marker("unit") is None:
+        yield
+        return
+    start = subprocess.Popen.__init__
+
+    def refuse(self, args, *rest, **kwargs):
+        if list(args)[:1] == ["git"]:  # the run's identity reads the source tree's commit (milliseconds)
+            return start(self, args, *rest, **kwargs)
+        raise AssertionError(f"a unit test started a process ({args!r}): mark it @pytest.mark.process")
+
+    subprocess.Popen.__init__ = refuse
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = start
+
+
+@pytest.fixture(autouse=True)
+def environment_stays_in_its_test():
+    """Each test leaves ``os.environ`` as it found it (the launch's preflight sets ``VERL_PLATFORM`` and a private
+    Ray's token and vLLM key in-process: :mod:`verl_erc.run.preflight`), and starts without those secrets."""
+    before = dict(os.environ)
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "VLLM_API_KEY"):
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
 
 
 @pytest.fixture
@@ -28,14 +60,29 @@ def actor_config():
     return make_actor_config
 
 
+@pytest.fixture
+def record_verl_init(monkeypatch):
+    """Replace verl's PPOTrainer.__init__ by a recorder (no Ray, no TransferQueue)."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    def init(self, config):
+        self.config = self.seen_config = config
+
+    monkeypatch.setattr(PPOTrainer, "__init__", init)
+
+
 @pytest.fixture(scope="session")
-def rehearsal_cache(tmp_path_factory):
-    """A cache with the rehearsals' model and data, built once per session; ``VERL_ERC_CACHE_DIR`` points at it."""
+def rehearsal_cache(request, tmp_path_factory):
+    """A cache with the rehearsals' model and data; ``VERL_ERC_CACHE_DIR`` points at it. Kept between sessions in
+    pytest's cache folder (``.pytest_cache/d/verl_erc_assets``, the toy's warm-up costs ~25 s): the assets are a
+    function of ``verl_erc.laptop``'s code under its ``ASSET_VERSION``, and test_assets_build_deterministically
+    rebuilds them and fails if the kept ones differ."""
     import os
 
     from verl_erc.laptop import assets
 
-    cache = tmp_path_factory.mktemp("verl_erc_cache")
+    kept = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    cache = kept.mkdir("verl_erc_assets") if kept is not None else tmp_path_factory.mktemp("verl_erc_cache")
     previous = os.environ.get(assets.CACHE_ENV)
     os.environ[assets.CACHE_ENV] = str(cache)
     assets.ensure_assets()

@@ -22,7 +22,7 @@ from verl_erc.hooks.entropy_hook import ERC_ENTROPY_FLAG
 from verl_erc.erc.equations import entropy_ratio, erc_keep_mask
 from verl_erc.erc.losses import erc_ppo_loss
 
-from conftest import make_actor_config
+from helpers import RESPONSE_LENS, forward, make_actor_config, make_batch, make_engine, old_pass, perturb, tiny_qwen2
 
 BATCH, PROMPT, RESPONSE, VOCAB = 4, 5, 12, 64
 CLIP_LOW, CLIP_HIGH, BETA_LOW, BETA_HIGH, EPS = 0.2, 0.28, 0.05, 0.05, 1e-6
@@ -141,7 +141,6 @@ def test_every_valid_token_recorded_with_hand_checked_fields(step, tmp_path):
 
 def test_records_agree_with_the_erc_loss_metrics(tmp_path):
     """Called by erc_ppo_loss itself on verl's engine path (helpers of test_erc_integration)."""
-    from test_erc_integration import RESPONSE_LENS, forward, make_batch, make_engine, old_pass, perturb, tiny_qwen2
 
     model = tiny_qwen2()
     engine = make_engine(model)

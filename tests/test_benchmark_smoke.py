@@ -8,7 +8,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from cpu_subprocess import free_port
+
+pytestmark = pytest.mark.process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,6 @@ laid out as verl_erc.recipes does: <recipe>-seed<N>/metrics/<launch>.jsonl and .
 from __future__ import annotations
 
 import glob
-import os
 import re
 import shlex
 import shutil
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import LAUNCH, log_run, markdown_tables
 from pngcheck import assert_real_png
-from verl.utils.tracking import Tracking
 
 from verl_erc.compare import main
 from verl_erc.report.grouping import pair_runs, run_labels
@@ -26,7 +25,6 @@ from verl_erc.report.runlogs import RunLogError, load_run
 ROOT = Path(__file__).resolve().parents[1]
 
 BASE, ERC = "dapo_7b-seed1", "erc_dapo_7b-seed1"
-LAUNCH = "20260101-000000"
 # validation accuracy per step (the last and the best step differ; values are exact at 1 decimal x100)
 VAL = {
     BASE: {
@@ -84,25 +82,6 @@ def fixture_metrics(run: str) -> dict[int, dict[str, float]]:
     return steps
 
 
-def log_run(run_dir: Path, name: str, steps: dict, launch: str = LAUNCH, backends=("file", "tensorboard")) -> None:
-    """Log ``steps`` as verl's trainer does: Tracking with the file and tensorboard backends."""
-    saved = {k: os.environ.get(k) for k in ("VERL_FILE_LOGGER_PATH", "TENSORBOARD_DIR")}
-    os.environ["VERL_FILE_LOGGER_PATH"] = str(run_dir / "metrics" / f"{launch}.jsonl")
-    os.environ["TENSORBOARD_DIR"] = str(run_dir / "tensorboard")
-    try:
-        (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
-        tracking = Tracking("verl_erc_fixture", name, default_backend=list(backends))
-        for step, data in steps.items():
-            tracking.log(data=data, step=step)
-        tracking.finish()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def write_fixture_runs(root: Path) -> dict[str, Path]:
     """The baseline and the (still running) ERC run under ``root``; returns their directories."""
     dirs = {}
@@ -119,18 +98,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return write_fixture_runs(tmp_path_factory.mktemp("runs"))
 
 
-def _tables(md: str) -> dict[str, dict[str, list[str]]]:
-    """Markdown tables by their heading: {first cell: row cells} (bold markers stripped)."""
-    tables, heading = {}, None
-    for line in md.splitlines():
-        if line.startswith("#"):
-            heading = line.lstrip("#").strip()
-        elif line.startswith("| ") and heading:
-            cells = [c.strip().replace("**", "") for c in line.strip("|").split("|")]
-            tables.setdefault(heading, {})[cells[0]] = cells[1:]
-    return tables
-
-
 def _pick(run: str, which: str) -> tuple[int, dict[str, float]]:
     steps = sorted(VAL[run]["aime24"])
     avg = {s: np.mean([VAL[run][b][s] for b in ("aime24", "math500")]) for s in steps}
@@ -140,7 +107,7 @@ def _pick(run: str, which: str) -> tuple[int, dict[str, float]]:
 
 def _check_report(out: Path) -> str:
     md = (out / "report.md").read_text()
-    tables = _tables(md)
+    tables = markdown_tables(md)
     assert tables["Last validation step"]["Run"] == ["aime24", "math500", "Avg.", "step"]
     for which, heading in (("last", "Last validation step"), ("best", "Best validation step (highest Avg.)")):
         table = tables[heading]

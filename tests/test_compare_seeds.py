@@ -18,7 +18,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from pngcheck import assert_real_png
-from test_compare import _tables, log_run
+from helpers import log_run, markdown_tables
 
 from verl_erc.compare import main
 from verl_erc.report.grouping import group_runs, pair_runs
@@ -124,7 +124,7 @@ def test_seed_groups_report_mean_interval_and_paired_test(seed_runs, tmp_path):
     out = tmp_path / "report"
     assert main([*map(str, seed_runs.values()), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    tables = _tables(md)
+    tables = markdown_tables(md)
     assert "Seed groups: `dapo` (n=2: `dapo-seed1`, `dapo-seed2`); `erc_dapo` (n=2" in md
     assert "Pairs (ERC run → baseline): `erc_dapo` → `dapo`" in md
 
@@ -180,7 +180,7 @@ def test_explicit_groups_without_seeds_compare_unpaired(seed_runs, tmp_path):
     copies = [shutil.copytree(seed_runs[run], tmp_path / "runs" / name) for run, name in names.items()]
     out = tmp_path / "out"
     main([*map(str, copies), "--out", str(out), "--group", "erc_dapo=e1,e2", "--group", "dapo=b1,b2"])
-    stats = _tables((out / "report.md").read_text())["Training stability"]
+    stats = markdown_tables((out / "report.md").read_text())["Training stability"]
     delta = dict(zip(stats["Run"], stats["Δ `erc_dapo` − `dapo` (unpaired, Welch)"], strict=True))
     # PPO clip frac 0.3, 0.1 vs 0.2, 0.4: variances 0.02 each, se sqrt(0.01 + 0.01), Welch df 2
     se = math.sqrt(0.02)
@@ -196,11 +196,11 @@ def test_one_seed_per_recipe_reports_as_single_runs(seed_runs, tmp_path):
     md = (out / "report.md").read_text()
     assert "±" not in md and "Seed groups" not in md
     assert "Pairs (ERC run → baseline): `erc_dapo-seed1` → `dapo-seed1`" in md
-    last = _tables(md)["Last validation step"]
+    last = markdown_tables(md)["Last validation step"]
     assert last["`dapo-seed1`"] == ["30.0", "74.0", "52.0", "3"]
     assert last["`erc_dapo-seed1`"] == ["34.0", "80.0", "57.0", "3"]
     assert last["Δ `erc_dapo-seed1` − `dapo-seed1`"] == ["+4.0", "+6.0", "+5.0", ""]
-    stats = _tables(md)["Training stability"]
+    stats = markdown_tables(md)["Training stability"]
     assert list(stats) == ["Run", "`dapo-seed1`", "`erc_dapo-seed1`"]  # no Δ row, as before seeds
     assert stats["`dapo-seed1`"][:4] == ["3", f"{0.2 * math.sqrt(2):.3g}", "0", "0.2"]
 
@@ -232,7 +232,7 @@ def test_step_windows_table_the_tests_tally_and_the_plot_captions(seed_runs, tmp
     out = tmp_path / "report"
     assert main([*map(str, seed_runs.values()), "--out", str(out), "--windows", "1-2", "3"]) == 0
     md = (out / "report.md").read_text()
-    table = _tables(md)["Training metrics over step windows"]
+    table = markdown_tables(md)["Training metrics over step windows"]
     assert table["figure"] == ["`dapo` (n=2)", "`erc_dapo` (n=2)", "Δ `erc_dapo` − `dapo`"]
     # entropy, steps 1-2: dapo 0.4, 0.45 (se 0.025); erc_dapo 0.5, 0.475 (se 0.0125); paired Δ 0.1, 0.025
     assert table["policy entropy, step 1–2"] == [

@@ -7,7 +7,7 @@ from pathlib import Path
 import sys
 
 import pytest
-from hydra import compose, initialize_config_module
+from helpers import compose_erc
 from verl.utils.config import omega_conf_to_dataclass
 
 from verl_erc.config import ErcConfig, ErcConfigError, ErcFSDPActorConfig
@@ -21,11 +21,6 @@ ERC_ON = [
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
 ]
-
-
-def compose_erc(overrides=()):
-    with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
-        return compose(config_name="erc_trainer", overrides=list(overrides))
 
 
 def test_defaults_compose_and_convert():
@@ -111,6 +106,7 @@ def test_actor_without_erc_dataclass_is_refused():
         validate_erc_config(cfg)
 
 
+@pytest.mark.process
 def test_main_cfg_job_composes_with_erc_overrides():
     out = subprocess.run(
         [sys.executable, "-m", "verl_erc.main", "--cfg", "job", *ERC_ON], capture_output=True, text=True, timeout=300
@@ -122,6 +118,7 @@ def test_main_cfg_job_composes_with_erc_overrides():
     assert "enable: true" in erc_block and "beta_low: 0.04" in erc_block and "beta_high: 0.06" in erc_block
 
 
+@pytest.mark.process
 def test_main_rejects_bad_value_before_starting_ray():
     out = subprocess.run(
         [sys.executable, "-m", "verl_erc.main", *ERC_ON, "actor_rollout_ref.actor.erc.beta_high=-1"],
@@ -132,6 +129,7 @@ def test_main_rejects_bad_value_before_starting_ray():
     assert "ray init kwargs" not in out.stdout  # failed before verl started Ray
 
 
+@pytest.mark.process
 def test_plugin_loads_through_verl_entry_point():
     out = subprocess.run([sys.executable, "-m", "verl_erc", "--check"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -141,6 +139,7 @@ def test_plugin_loads_through_verl_entry_point():
     assert report["entropy_hook_engines"] and report["failed_registrations"] == {}
 
 
+@pytest.mark.process
 def test_check_fails_naming_a_registration_that_failed(tmp_path):
     """A process where one registration fails (here the engine module cannot be imported, as when verl renames the
     registry it uses): --check exits 1 and names it, though verl loaded the plugin."""

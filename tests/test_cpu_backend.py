@@ -142,10 +142,12 @@ def report(rehearsal_cache):
     return run_cpu_script(ENGINE_SCRIPT, env={"VERL_ERC_CACHE_DIR": str(rehearsal_cache)})
 
 
+@pytest.mark.process
 def test_plugin_entry_point_loads_the_cpu_backend(report):
     assert report["cpu_backend_loaded_by_plugin"]
 
 
+@pytest.mark.process
 def test_cpu_platform_selected_by_env(report):
     assert report["platform"] == "PlatformCPU"
     assert report["device_name"] == "cpu"
@@ -153,6 +155,7 @@ def test_cpu_platform_selected_by_env(report):
     assert report["ray_resource"] == "GPU"  # logical GPUs: verl's pools count GPU/NPU only
 
 
+@pytest.mark.process
 def test_registries_resolve_the_cpu_pieces(report):
     assert report["lm_engine"] == "CPUFSDPEngineWithLMHead"
     assert report["lm_engine_mro"] == ["CPUFSDPEngineWithLMHead", "AlignedOldPassMixin", "ErcEntropyMixin", "FSDPEngineWithLMHead"]
@@ -162,28 +165,34 @@ def test_registries_resolve_the_cpu_pieces(report):
     assert report["rollout_replica"] == "verl.workers.rollout.vllm_rollout.vllm_async_server.vLLMReplica"
 
 
+@pytest.mark.process
 def test_verls_process_group_init_uses_gloo(report):
     assert report["process_group_backend"] == "gloo"
 
 
+@pytest.mark.process
 def test_actor_engine_log_probs_match_transformers(report):
     assert report["actor_vs_transformers_max_abs_diff"] < 1e-5
 
 
+@pytest.mark.process
 def test_erc_entropy_hook_runs_on_the_cpu_engine(report):
     assert report["erc_entropy_vs_verl_entropy_max_abs_diff"] < 1e-5
     assert report["erc_entropy_requires_grad"] is False
 
 
+@pytest.mark.process
 def test_actor_engine_trains(report):
     before, after = report["actor_log_likelihood_before_after"]
     assert after > before + 1.0  # one step of lr 1e-2 on the likelihood of two short sequences
 
 
+@pytest.mark.process
 def test_forward_only_ref_engine_builds_and_matches(report):
     assert report["ref_vs_transformers_max_abs_diff"] < 1e-5
 
 
+@pytest.mark.process
 def test_critic_engine_returns_a_value_per_token(report):
     assert report["critic_value_lengths"] == report["sequence_lengths"]
     assert report["critic_values_finite"]

@@ -29,6 +29,7 @@ def test_runs_are_named_so_that_compare_pairs_them():
     assert pair_runs(list(groups), []) == {"erc_dapo_7b": "dapo_7b"}
 
 
+@pytest.mark.process
 def test_a_run_goes_through_the_recipe_launcher_into_out(tmp_path, rehearsal_cache, monkeypatch, capsys):
     monkeypatch.setenv("VERL_ERC_DRY_RUN", "1")  # the launcher prints its command and stops
     run_dir = demo.run_one("erc_dapo_7b", 2, tmp_path, ["trainer.total_training_steps=3"])

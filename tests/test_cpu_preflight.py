@@ -59,9 +59,10 @@ def test_each_cpu_problem_is_named_with_its_fix(override, named):
 
 
 def test_ulysses_is_refused_where_the_cpu_backend_would_compute_it_wrong():
-    sp2 = ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "trainer.n_gpus_per_node=2",
-           "ray_kwargs.ray_init.num_cpus=9"]
-    assert cpu_config_problems(rehearsal_config(*sp2)) == []  # sdpa on packed sequences: verl_erc.cpu.attention
+    sp2 = ["rehearsal=laptop_7b_layout"]  # 2 ranks, Ulysses SP 2
+    config = rehearsal_config(*sp2)
+    assert cpu_config_problems(config) == []  # sdpa on packed sequences: verl_erc.cpu.attention
+    check_ray_resources(config)
     problems = cpu_config_problems(rehearsal_config(*sp2, "actor_rollout_ref.model.override_config.attn_implementation=eager"))
     assert len(problems) == 1 and "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2 with" in problems[0], problems
     problems = cpu_config_problems(rehearsal_config(*sp2, "actor_rollout_ref.model.use_remove_padding=false"))
@@ -140,6 +141,7 @@ def test_cpu_backend_on_a_gpu_machine_is_refused(monkeypatch):
         preflight(rehearsal_config())
 
 
+@pytest.mark.process
 def test_trainer_device_cpu_selects_the_platform_here_and_for_ray_workers():
     report = run_cpu_script(
         r"""
@@ -167,6 +169,7 @@ def test_trainer_device_cpu_selects_the_platform_here_and_for_ray_workers():
     assert report == {"before": "", "env": "cpu", "platform": "PlatformCPU", "worker_env": "cpu"}
 
 
+@pytest.mark.process
 def test_entry_point_reports_a_bad_setting_instead_of_hanging(tmp_path):
     """verl's default TransferQueue storage (8 units) would wait forever for Ray CPUs; the run exits with why."""
     start = time.monotonic()

@@ -67,7 +67,8 @@ def _digest(root):
 def test_assets_build_deterministically(tmp_path, rehearsal_cache):
     cached = assets.asset_root()
     rebuilt = assets.build_assets(tmp_path / "b")
-    assert _digest(cached) == _digest(tmp_path / "b")
+    assert _digest(cached) == _digest(tmp_path / "b"), (
+        f"the cached assets in {cached} are not what the code builds: bump ASSET_VERSION in verl_erc/laptop/assets.py")
     for split in ("train", "val"):
         pd.testing.assert_frame_equal(pd.read_parquet(assets.asset_paths(cached)[split]), pd.read_parquet(rebuilt[split]))
 

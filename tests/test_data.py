@@ -39,6 +39,7 @@ def prepared(tmp_path_factory):
     return out
 
 
+@pytest.mark.process
 def test_writes_verl_rows_for_every_dataset(prepared):
     train = pd.read_parquet(prepared / "train.parquet")
     assert list(train.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
@@ -53,6 +54,7 @@ def test_writes_verl_rows_for_every_dataset(prepared):
     assert train.iloc[3].prompt[0]["content"].count(INSTRUCTION) == 1
 
 
+@pytest.mark.process
 def test_validation_set_reports_per_benchmark_with_avg_at_k(prepared):
     val = pd.read_parquet(prepared / "val.parquet")
     assert set(val.data_source) == set(BENCHMARKS)
@@ -66,6 +68,7 @@ def test_validation_set_reports_per_benchmark_with_avg_at_k(prepared):
     assert all(p[0]["content"].endswith(INSTRUCTION) and p[0]["role"] == "user" for p in val.prompt)
 
 
+@pytest.mark.process
 def test_answers_normalised_from_each_schema(prepared):
     truth = {
         name: [r["ground_truth"] for r in pd.read_parquet(prepared / f"{name}.parquet").reward_model]
@@ -79,6 +82,7 @@ def test_answers_normalised_from_each_schema(prepared):
     assert truth["olympiadbench"] == ["3, -3", "12"]  # list column with $...$ delimiters
 
 
+@pytest.mark.process
 def test_verl_dataset_reads_the_output(prepared):
     """verl's own RLHFDataset loads the files and hands __rollout_n__ to the V1 trainer per row."""
     from omegaconf import OmegaConf
@@ -105,6 +109,7 @@ BAD_AIME = [
 ]
 
 
+@pytest.mark.process
 def test_bad_rows_fail_with_their_index(tmp_path):
     bad = write_jsonl(tmp_path / "aime24.jsonl", BAD_AIME)
     result = run_cli("--out-dir", str(tmp_path / "out"), "--only", "aime24", "--source", f"aime24={bad}")
@@ -114,6 +119,7 @@ def test_bad_rows_fail_with_their_index(tmp_path):
     assert not (tmp_path / "out" / "aime24.parquet").exists()
 
 
+@pytest.mark.process
 def test_skip_bad_lists_and_drops_them(tmp_path):
     bad = write_jsonl(tmp_path / "aime24.jsonl", BAD_AIME)
     result = run_cli("--out-dir", str(tmp_path / "out"), "--only", "aime24", "--source", f"aime24={bad}", "--skip-bad")
@@ -132,6 +138,7 @@ def test_training_row_without_ground_truth_is_reported():
         convert(frame, "train")
 
 
+@pytest.mark.process
 def test_val_parquet_collects_benchmarks_converted_one_at_a_time(tmp_path):
     for name in ("math500", "amc23"):
         result = run_cli("--out-dir", str(tmp_path), "--only", name, *source_args([name]))
@@ -141,6 +148,7 @@ def test_val_parquet_collects_benchmarks_converted_one_at_a_time(tmp_path):
     assert "not yet converted: aime24, aime25, hmmt25, olympiadbench" in result.stdout
 
 
+@pytest.mark.process
 def test_clear_errors_for_sources(tmp_path):
     missing = run_cli("--out-dir", str(tmp_path), "--only", "aime24", "--source", f"aime24={tmp_path}/nope.jsonl")
     assert missing.returncode == 1 and "nope.jsonl: no such file" in missing.stderr

@@ -183,3 +183,22 @@ def test_the_parser_reads_prefixes_assignments_and_markers():
     assert covering_key("python -m verl_erc.comparex") is None and covering_key("python -m verl_erc --check") is not None
     found, _ = blocks("<!-- gpu-only -->\n```bash\nnvidia-smi\n```\n```sh\n<!-- cluster-only -->\nsinfo\n```\n```bash\nls\n```\n")
     assert [(info, exempt) for _, info, _, exempt in found] == [("bash", True), ("sh", True), ("bash", False)]
+
+
+def test_every_module_the_scripts_and_docs_run_exists_and_runs_as_a_program():
+    """``python -m verl_erc.X`` in a script or a page must name a module with a ``__main__`` guard (or a package with
+    ``__main__.py``): a moved module otherwise runs as nothing and exits 0 (a Slurm job once requeued on that)."""
+    scripts = [*ROOT.glob("slurm/*"), *ROOT.glob("recipes/*.sh"), *ROOT.glob("requirements/*.sh"),
+               *ROOT.glob("benchmarks/*.sh"), ROOT / ".ci" / "run", *PAGES]
+    named = {(module, script.relative_to(ROOT)) for script in scripts if script.is_file()
+             for module in re.findall(r"-m (verl_erc(?:\.\w+)*)", script.read_text())}
+    assert {module for module, _ in named} >= {"verl_erc", "verl_erc.recipes", "verl_erc.cluster.requeue"}
+    wrong = []
+    for module, script in sorted(named):
+        path = ROOT.joinpath(*module.split("."))
+        if (path / "__main__.py").is_file():
+            continue
+        source = path.with_suffix(".py")
+        if not source.is_file() or 'if __name__ == "__main__":' not in source.read_text():
+            wrong.append(f"{script}: python -m {module}")
+    assert not wrong, "modules that do not exist or do nothing when run:\n  " + "\n  ".join(wrong)

@@ -1,5 +1,6 @@
 """Tensor parallelism: the current entropy from vocabulary-sharded logits (2 gloo ranks), no all-gather."""
 
+import pytest
 import torch
 
 from cpu_subprocess import run_cpu_script
@@ -65,6 +66,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.process
 def test_vocab_parallel_entropy_matches_the_full_logits(tmp_path):
     script = tmp_path / "tp.py"
     script.write_text(SCRIPT)

@@ -7,105 +7,31 @@ exactly as the V1 trainer's old-log-prob pass does; then ``erc_ppo_loss`` and ba
 (FSDP wrapping, Ray and the trainer are covered by the CPU end-to-end test.)
 """
 
-from types import SimpleNamespace
 
 import pytest
 import torch
-from tensordict import TensorDict
-from transformers import Qwen2Config, Qwen2ForCausalLM
 from verl.trainer.ppo.core_algos import get_policy_loss_fn, kl_penalty, agg_loss
 from verl.utils import tensordict_utils as tu
 from verl.utils import torch_functional as verl_F
 from verl.utils.metric import AggregationType, Metric
-from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
+from verl.workers.utils.padding import no_padding_2_padding
 
-from verl_erc.hooks.engine import ErcFSDPEngineWithLMHead
 from verl_erc.hooks.entropy_hook import ERC_ENTROPY_FLAG
 from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient
 from verl_erc.erc.losses import ErcInputError, erc_ppo_loss
 
-from conftest import make_actor_config
-
-PROMPT_LENS = [3, 4, 2, 5]
-RESPONSE_LENS = [6, 2, 5, 4]
-
-
-def tiny_qwen2(seed=0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, attn_implementation="sdpa",
-    )
-    model = Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():  # peaked next-token distributions, so entropies can move both ways
-        model.lm_head.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 5))
-    return model
-
-
-def make_engine(model, pad_to_length=False) -> ErcFSDPEngineWithLMHead:
-    """The engine class the plugin registers, without FSDP/distributed set-up around it."""
-    engine = object.__new__(ErcFSDPEngineWithLMHead)
-    engine.module = model
-    engine.use_ulysses_sp = False
-    engine.ulysses_sequence_parallel_size = 1
-    engine.pad_to_length = pad_to_length
-    engine.pad_to_length_bucket = 16
-    engine.engine_config = SimpleNamespace(entropy_checkpointing=False, entropy_from_logits_with_chunking=False)
-    engine.compute_entropy_from_logits = verl_F.entropy_from_logits
-    return engine
-
-
-def nested(rows):
-    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
-
-
-def make_batch(use_remove_padding=True, seed=0) -> TensorDict:
-    """A V1-trainer-style actor micro-batch in the no-padding (nested) layout."""
-    g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(1, 97, (n,), generator=g) for n in PROMPT_LENS]
-    responses = [torch.randint(1, 97, (n,), generator=g) for n in RESPONSE_LENS]
-    n_resp = sum(RESPONSE_LENS)
-    return tu.get_tensordict(
-        tensor_dict={
-            "input_ids": nested([torch.cat([p, r]) for p, r in zip(prompts, responses)]),
-            "position_ids": nested([torch.arange(p + r) for p, r in zip(PROMPT_LENS, RESPONSE_LENS)]),
-            "prompts": nested(prompts),
-            "responses": nested(responses),
-            "response_mask": nested([torch.ones(n, dtype=torch.int64) for n in RESPONSE_LENS]),
-            "advantages": nested([torch.randn(n, generator=g) for n in RESPONSE_LENS]),
-        },
-        non_tensor_dict={
-            "temperature": 1.0,
-            "use_remove_padding": use_remove_padding,
-            "dp_size": 1,
-            "batch_num_tokens": n_resp,
-            "global_batch_size": len(PROMPT_LENS),
-        },
-    )
-
-
-def forward(engine, batch, **flags):
-    for key, value in flags.items():
-        tu.assign_non_tensor(batch, **{key: value})
-    inputs, output_args = engine.prepare_model_inputs(batch)
-    output = engine.module(**inputs, use_cache=False)
-    return engine.prepare_model_outputs(output, output_args, batch, None)
-
-
-def old_pass(engine, batch):
-    """verl's old-log-prob pass: log-probs + entropy, cut to response tokens like the V1 trainer."""
-    with torch.no_grad():
-        out = forward(engine, batch, calculate_entropy=True)
-    batch["old_log_probs"] = response_from_nested(out["log_probs"], batch["response_mask"])
-    batch["entropy"] = response_from_nested(out["entropy"], batch["response_mask"])
-
-
-def perturb(model, scale=0.1, seed=1):
-    """Stand-in for earlier mini-batch updates: move the policy away from pi_old."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.lm_head.weight.add_(torch.randn(model.lm_head.weight.shape, generator=g) * scale)
-
+from helpers import (
+    PROMPT_LENS,
+    RESPONSE_LENS,
+    forward,
+    make_actor_config,
+    make_batch,
+    make_engine,
+    nested,
+    old_pass,
+    perturb,
+    tiny_qwen2,
+)
 
 LAYOUTS = [
     pytest.param(dict(use_remove_padding=True), id="no-padding-packed"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
-from test_launch import save_step
+from helpers import save_step
 
 from verl_erc.export import ExportError, actor_folder, main
 

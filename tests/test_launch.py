@@ -14,6 +14,8 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from helpers import save_step
+
 from verl_erc.run.checkpoints import POINTER, resume_point
 from verl_erc.cluster.requeue import requeue_decision
 from verl_erc.run.launch import LaunchRefused, finish_launch, prepare_launch
@@ -27,20 +29,6 @@ def recipe_config(run_dir, *overrides, name="erc_dapo_7b"):
     with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
         return compose(config_name=name, overrides=[*REQUIRED, f"trainer.default_local_dir={run_dir}/checkpoints",
                                                     "trainer.total_training_steps=4", *overrides])
-
-
-def save_step(checkpoint_dir, step, *, complete=True, pointer=True):
-    """A checkpoint folder as verl writes it: the actor's shards, then data.pt, then the pointer."""
-    folder = checkpoint_dir / f"global_step_{step}"
-    (folder / "actor").mkdir(parents=True)
-    (folder / "actor" / "model_world_size_1_rank_0.pt").write_bytes(b"weights")
-    if complete:
-        torch.save({"dataloader": step}, folder / "data.pt")
-        if pointer:
-            (checkpoint_dir / POINTER).write_text(str(step))
-    else:
-        (folder / "data.pt").write_bytes(b"PK\x03\x04 cut short")  # a zip whose end never got written
-    return folder
 
 
 @pytest.fixture
@@ -154,6 +142,25 @@ def test_a_finished_run_is_refused_and_says_how_to_go_on(launch_env):
     with pytest.raises(LaunchRefused, match=r"already finished at step 4 of 4 .*trainer.total_training_steps=6"):
         prepare_launch(recipe_config(run_dir))
     assert prepare_launch(recipe_config(run_dir, "trainer.total_training_steps=6")).start_step == 4
+
+
+def test_the_entry_point_refuses_a_finished_run_before_verl_starts(launch_env, monkeypatch, capsys):
+    """verl_erc.main as a relaunch of a finished run by hand runs it: exit 2, the refusal on stderr, verl's
+    task function never called."""
+    from verl.trainer import main_ppo
+
+    import verl_erc.main as entry
+
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)  # the laptop profile's trainer.device=cpu selects it
+    config = recipe_config(launch_env, "+rehearsal=laptop")
+    launch = prepare_launch(config)
+    save_step(launch.checkpoint_dir, 4)
+    assert finish_launch(launch) == "finished"
+    monkeypatch.setattr(main_ppo, "main", lambda config: pytest.fail("verl's task function started"))
+    with pytest.raises(SystemExit) as exited:
+        entry.main(config)
+    assert exited.value.code == 2
+    assert "verl_erc: refused: erc_dapo_7b-seed1 already finished at step 4 of 4" in capsys.readouterr().err
 
 
 def test_a_cut_short_pointer_falls_back_to_the_newest_complete_checkpoint(launch_env, capsys):

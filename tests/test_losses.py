@@ -10,7 +10,7 @@ from verl.trainer.ppo.core_algos import get_policy_loss_fn
 from verl_erc.erc.entropy import entropy_no_grad
 from verl_erc.erc.equations import entropy_ratio, erc_keep_mask, gate_gradient, gppo_ratio, within_tolerance
 
-from conftest import make_actor_config
+from helpers import make_actor_config
 
 # Every registered verl loss that is a function of the token log-probs (bypass_mode is a
 # meta-mode that needs rollout-correction inputs), plus ours.

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from verl_erc.config import ErcConfigError
@@ -23,20 +22,18 @@ from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY, restore_order, update_
 from verl_erc.hooks.trainer import ErcTrainerMixin, validate_erc_config
 
 from cpu_subprocess import run_cpu_ranks
+from helpers import compose_erc
 
 SCRIPT = (Path(__file__).parent / "old_pass_script.py").read_text()
 
 
-def compose_erc(overrides=()):
-    with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
-        return compose(config_name="erc_trainer", overrides=[
-            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.actor.erc.enable=true",
-            *overrides])
+def compose_erc_on(overrides=()):
+    return compose_erc(["actor_rollout_ref.actor.erc.enable=true", *overrides])
 
 
 def test_update_split_is_what_verls_update_actor_sends():
     """The split handed to the old pass is read off the config as verl's own _update_actor reads it."""
-    config = compose_erc(["actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.rollout.n=3",
+    config = compose_erc_on(["actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.rollout.n=3",
                           "actor_rollout_ref.actor.data_loader_seed=7", "actor_rollout_ref.actor.shuffle=true",
                           "actor_rollout_ref.actor.entropy_coeff=0.01", "actor_rollout_ref.actor.erc.entropy_chunk_size=64"])
     sent = {}
@@ -57,14 +54,14 @@ def test_update_split_is_what_verls_update_actor_sends():
 
 
 def test_aligned_refuses_what_would_silently_not_align():
-    ok = compose_erc(["actor_rollout_ref.actor.ppo_epochs=2", "actor_rollout_ref.actor.shuffle=false"])
+    ok = compose_erc_on(["actor_rollout_ref.actor.ppo_epochs=2", "actor_rollout_ref.actor.shuffle=false"])
     assert validate_erc_config(ok).erc.old_pass == "aligned"  # every epoch reuses the first epoch's split
     reshuffled = ["actor_rollout_ref.actor.ppo_epochs=2", "actor_rollout_ref.actor.shuffle=true"]
     with pytest.raises(ErcConfigError, match="ppo_epochs=2 and shuffle=true"):
-        validate_erc_config(compose_erc(reshuffled))
-    assert validate_erc_config(compose_erc([*reshuffled, "actor_rollout_ref.actor.erc.old_pass=verl"]))
+        validate_erc_config(compose_erc_on(reshuffled))
+    assert validate_erc_config(compose_erc_on([*reshuffled, "actor_rollout_ref.actor.erc.old_pass=verl"]))
     with pytest.raises(Exception, match="old_pass must be one of aligned, verl"):  # raised in the conversion
-        validate_erc_config(compose_erc(["actor_rollout_ref.actor.erc.old_pass=update"]))
+        validate_erc_config(compose_erc_on(["actor_rollout_ref.actor.erc.old_pass=update"]))
 
 
 def test_update_order_and_restore_order():
@@ -90,7 +87,7 @@ def test_trainer_hands_the_split_to_the_actors_old_pass_only():
     class Trainer(ErcTrainerMixin, Verl):
         pass
 
-    config = compose_erc()
+    config = compose_erc_on()
     for old_pass in ("aligned", "verl"):
         trainer = object.__new__(Trainer)
         trainer.config = config
@@ -131,6 +128,7 @@ def launched(rehearsal_cache):
     return get
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("launch", list(LAUNCHES))
 def test_aligned_old_pass_agrees_bit_for_bit_at_theta_old(launched, launch):
     results = launched(launch)
@@ -149,6 +147,7 @@ def max_abs_diff(a: list, b: list) -> float:
     return max(abs(x - y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True))
 
 
+@pytest.mark.process
 def test_ulysses_sp2_computes_what_one_rank_computes(launched):
     """fp32, the CPU's own kernels, verl's packing: the 7B layout (SP 2) against one rank, same weights and batch."""
     one, sp2 = launched("1-rank")["fp32"], launched("ulysses-sp2")["fp32"]

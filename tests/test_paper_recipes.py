@@ -18,6 +18,8 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils import omega_conf_to_dataclass
 from verl.utils.config import validate_config
 
+from helpers import OFFICIAL, RUNS, TWINS
+
 from verl_erc.config import ErcFSDPActorConfig
 from verl_erc.recipes import OFFICIAL_VAL, RECIPES
 from verl_erc.reward import compute_score, compute_score_official
@@ -26,23 +28,6 @@ from verl_erc.hooks.trainer import validate_erc_config
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["actor_rollout_ref.model.path=/models/x", "data.train_files=/d/train.parquet", "data.val_files=/d/val.parquet"]
 
-# run -> (model size, method, ERC on)
-RUNS = {
-    "grpo_1p5b": ("1p5b", "grpo", False),
-    "dapo_1p5b": ("1p5b", "dapo", False),
-    "erc_dapo_1p5b": ("1p5b", "dapo", True),
-    "gppo_1p5b": ("1p5b", "gppo", False),
-    "erc_gppo_1p5b": ("1p5b", "gppo", True),
-    "entropy_reg_1p5b": ("1p5b", "dapo", False),
-    "grpo_7b": ("7b", "grpo", False),
-    "dapo_7b": ("7b", "dapo", False),
-    "erc_dapo_7b": ("7b", "dapo", True),
-    "gppo_7b": ("7b", "gppo", False),
-    "erc_gppo_7b": ("7b", "gppo", True),
-    "kl_penalty_7b": ("7b", "dapo", False),
-    "gspo_7b": ("7b", "gspo", False),
-    "erc_gspo_7b": ("7b", "gspo", True),
-}
 # method -> (policy_loss.loss_mode, clip_ratio_low, clip_ratio_high, loss_agg_mode, dynamic sampling)
 METHODS = {
     "grpo": ("vanilla", 0.2, 0.2, "seq-mean-token-mean", False),
@@ -195,9 +180,6 @@ def test_sizes_differ_in_parallelism_only(configs):
 
 # --- as the official code ran them (hydra_conf/official.yaml on the paper-text recipe) ----------------
 
-#: official variant -> its paper-text recipe
-OFFICIAL = {f"{name}_official": name for name in ("erc_dapo_7b", "dapo_7b", "erc_gppo_7b", "gppo_7b", "erc_dapo_1p5b",
-                                                  "dapo_1p5b", "erc_gppo_1p5b", "gppo_1p5b")}
 #: every key hydra_conf/official.yaml sets: one difference from the paper's text each (docs/recipes.md's table)
 OFFICIAL_KEYS = {
     "actor_rollout_ref.actor.positive_nll_coef", "actor_rollout_ref.actor.clip_ratio_c",
@@ -293,10 +275,26 @@ def test_rehearsal_differs_from_its_recipe_in_what_a_laptop_forces_only(official
     assert {k for k in recipe.keys() | rehearsal.keys() if recipe.get(k, "<absent>") != rehearsal.get(k, "<absent>")} == expected
 
 
-# each 1.5B recipe with a 7B twin (same method, same ERC setting): the sizes differ in parallelism only, which the
-# laptop profile sets to one process, so the two rehearsals are one program (test_rehearsals.py runs the 7B one)
-TWINS = {"grpo_1p5b": "grpo_7b", "dapo_1p5b": "dapo_7b", "erc_dapo_1p5b": "erc_dapo_7b", "gppo_1p5b": "gppo_7b",
-         "erc_gppo_1p5b": "erc_gppo_7b"}
+# what the 7B layout's profile changes in a laptop rehearsal (hydra_conf/rehearsal/laptop_7b_layout.yaml)
+LAYOUT_KEYS = {
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size", "actor_rollout_ref.ref.ulysses_sequence_parallel_size",
+    "trainer.n_gpus_per_node", "actor_rollout_ref.rollout.n_gpus_per_node", "ray_kwargs.ray_init.num_cpus",
+    "ray_kwargs.ray_init.num_gpus",
+}
+
+
+@pytest.mark.parametrize("name", [n for n, (size, _, _) in RUNS.items() if size == "7b"])
+def test_the_7b_layout_rehearsal_is_the_laptop_one_at_the_recipes_own_sequence_parallelism(configs, rehearsals, name):
+    layout = flat(load(name, [*REQUIRED, REHEARSAL, "rehearsal=laptop_7b_layout"]), resolve=True)
+    laptop, recipe = flat(rehearsals[name], resolve=True), flat(configs[name], resolve=True)
+    assert {k for k in laptop.keys() | layout.keys() if laptop.get(k) != layout.get(k)} == LAYOUT_KEYS
+    sp = "actor_rollout_ref.{}.ulysses_sequence_parallel_size"
+    assert layout[sp.format("actor")] == layout[sp.format("ref")] == recipe[sp.format("actor")] == 2
+    assert layout["trainer.n_gpus_per_node"] == layout["ray_kwargs.ray_init.num_gpus"] == 2  # one SP group, DP 1
+    # the recipes' ratio of the update's token budget to the log-prob passes' (1 to 2) kept at the laptop's budgets
+    budget = [layout[f"actor_rollout_ref.{k}_max_token_len_per_gpu"] for k in ("actor.ppo", "rollout.log_prob")]
+    assert budget[1] / budget[0] == recipe["actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu"] / recipe[
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu"] == 2
 
 
 def test_twins_are_the_1p5b_recipes_with_a_7b_recipe_of_the_same_method_and_erc():
@@ -351,6 +349,7 @@ def test_rehearsals_pass_verls_config_checks(rehearsals):
         validate_erc_config(cfg)
 
 
+@pytest.mark.process
 def test_rehearse_names_the_recipes_when_given_none_or_a_wrong_one():
     for args in ([], ["erc_dapo_70b"], ["evaluate"], ["rehearse"]):
         out = subprocess.run(["bash", str(ROOT / "recipes" / "rehearse.sh"), *args], capture_output=True, text=True,
@@ -359,6 +358,7 @@ def test_rehearse_names_the_recipes_when_given_none_or_a_wrong_one():
         assert set(out.stderr.split("one of:")[1].split("\n")[0].split()) == set(RECIPES)
 
 
+@pytest.mark.process
 def test_rehearse_runs_the_recipe_script_with_the_laptop_profile_and_local_assets(rehearsal_cache, tmp_path):
     from verl_erc.laptop.assets import asset_paths
 
@@ -412,6 +412,7 @@ def run_recipe(name, env, *args):
     return subprocess.run(["bash", str(ROOT / "recipes" / f"{name}.sh"), *args], env=env, capture_output=True, text=True)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_forwards_overrides_unchanged(recipe_env, name):
     env, tmp = recipe_env
@@ -439,6 +440,7 @@ def test_recipe_forwards_overrides_unchanged(recipe_env, name):
     assert not (tmp / "runs").exists()  # a dry run creates nothing
 
 
+@pytest.mark.process
 def test_recipe_runs_the_command_with_logging_env(recipe_env):
     env, tmp = recipe_env
     fake = f"{sys.executable} {ROOT / 'tests' / 'slurm' / 'fake_trainer.py'}"
@@ -454,6 +456,7 @@ def test_recipe_runs_the_command_with_logging_env(recipe_env):
     assert (run_dir / "tensorboard").is_dir() and (run_dir / "metrics").is_dir()
 
 
+@pytest.mark.process
 def test_a_run_name_names_the_run_directory(recipe_env):
     env, tmp = recipe_env
     out = run_recipe("erc_dapo_7b", dict(env, ERC_RUN_NAME="erc_dapo_7b_beta0.1-seed1"))
@@ -462,6 +465,7 @@ def test_a_run_name_names_the_run_directory(recipe_env):
     assert f"trainer.default_local_dir={run_dir}/checkpoints" in out.stdout
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "unset, message",
     [
@@ -477,6 +481,7 @@ def test_recipe_fails_clearly_without_paths(recipe_env, unset, message):
     assert out.returncode == 2 and message in out.stderr and "command:" not in out.stdout
 
 
+@pytest.mark.process
 def test_recipe_fails_clearly_on_missing_files(recipe_env):
     env, tmp = recipe_env
     out = run_recipe("grpo_1p5b", dict(env, ERC_MODEL_1P5B=str(tmp / "nope")))
@@ -486,6 +491,7 @@ def test_recipe_fails_clearly_on_missing_files(recipe_env):
     assert out.returncode == 2 and "val.parquet not found" in out.stderr and "verl_erc.data" in out.stderr
 
 
+@pytest.mark.process
 def test_recipe_makes_paths_absolute(recipe_env):
     """Ray workers do not run in the launcher's working directory."""
     env, tmp = recipe_env
@@ -496,6 +502,7 @@ def test_recipe_makes_paths_absolute(recipe_env):
     assert f"trainer.default_local_dir={tmp}/runs/dapo_7b-seed1/checkpoints" in out.stdout
 
 
+@pytest.mark.process
 def test_recipe_composes_as_launched(recipe_env):
     """The overrides a recipe passes compose with its config (what `python -m verl_erc.main` gets)."""
     env, tmp = recipe_env
@@ -507,6 +514,7 @@ def test_recipe_composes_as_launched(recipe_env):
     assert cfg.data.seed == 1 and cfg.actor_rollout_ref.rollout.seed == 1
 
 
+@pytest.mark.process
 def test_evaluate_runs_the_recipes_validation_only_with_overrides_in_any_order(recipe_env):
     """recipes/evaluate.sh RECIPE base: the recipe's command with verl's val_only, into eval_<model>; the Slurm
     launcher puts its overrides before RECIPE and MODEL."""

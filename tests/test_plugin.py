@@ -29,6 +29,7 @@ def _fresh(script: str, **env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.process
 def test_import_verl_loads_the_plugin_without_verls_engine_trainer_or_loss_modules():
     report = _fresh(f"""
         import json, sys
@@ -39,6 +40,7 @@ def test_import_verl_loads_the_plugin_without_verls_engine_trainer_or_loss_modul
     assert report == {"plugin": True, "loaded": []}
 
 
+@pytest.mark.process
 def test_each_registration_happens_when_its_verl_module_is_imported():
     report = _fresh("""
         import json
@@ -59,6 +61,7 @@ def test_each_registration_happens_when_its_verl_module_is_imported():
     }
 
 
+@pytest.mark.process
 def test_on_the_cpu_platform_the_cpu_engines_and_gloo_shim_also_wait_for_verls_modules():
     skip_if_gpu_visible()
     report = _fresh(f"""
@@ -76,6 +79,7 @@ def test_on_the_cpu_platform_the_cpu_engines_and_gloo_shim_also_wait_for_verls_m
     assert report == {"loaded": [], "engine": "CPUFSDPEngineWithLMHead", "shim": True}
 
 
+@pytest.mark.process
 def test_importing_our_modules_first_registers_them_too():
     """Importing verl_erc.hooks.trainer (or .engine) before verl's module still registers, exactly once."""
     report = _fresh("""
@@ -93,6 +97,7 @@ def test_importing_our_modules_first_registers_them_too():
     assert report == {"trainers": ["colocate_async", "separate_async", "sync"], "wrapped_once": True, "engine": True}
 
 
+@pytest.mark.process
 def test_importing_the_replay_buffer_first_registers_the_trainers():
     """verl_erc.sampler imports verl's V1 package, whose post-import hook wires the trainers: that wiring must not
     import the sampler back (a circular import there once turned the whole plugin off)."""
@@ -105,6 +110,7 @@ def test_importing_the_replay_buffer_first_registers_the_trainers():
     assert report == ["colocate_async", "separate_async", "sync"]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("first", ["verl_erc.hooks.engine", "verl_erc.hooks.entropy_hook", "verl_erc.cpu.engines"])
 def test_on_the_cpu_platform_any_of_our_engine_modules_imports_first(first):
     """Our engine modules import verl's engine package, whose hooks import the CPU engines: no import cycle."""
@@ -138,6 +144,7 @@ def test_after_import_runs_after_the_module_executed_once_and_at_once_if_already
     monkeypatch.delitem(sys.modules, "hooked_pkg")
 
 
+@pytest.mark.process
 def test_a_failed_registration_leaves_verl_working_and_erc_runs_refuse_naming_it():
     """A registration error (here: our trainer module cannot be imported, as when verl renames the registry it
     uses) is printed, ``import verl.trainer.ppo.v1`` still works with verl's trainers, and ERC on is refused."""

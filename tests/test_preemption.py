@@ -18,7 +18,7 @@ from verl_erc.run.preflight import choose_ray_address
 from verl_erc.run.preemption import STOP_FILE_ENV, StopOnRequestMixin, stop_reason
 from verl_erc.hooks.trainer import ErcTrainerMixin
 
-from test_trainer_wiring import compose_erc, record_verl_init  # noqa: F401  (fixture)
+from helpers import compose_erc
 
 
 class VerlLoop:
@@ -97,6 +97,7 @@ finally:
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_the_first_signal_asks_the_run_to_stop(tmp_path, sig):
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(DRIVER), str(tmp_path / "stop"), "report"],
@@ -108,6 +109,7 @@ def test_the_first_signal_asks_the_run_to_stop(tmp_path, sig):
     assert stop_reason(tmp_path / "stop") == f"{sig.name} to the driver (pid {child.pid})"
 
 
+@pytest.mark.process
 def test_a_second_signal_stops_at_once_and_the_clean_up_still_runs(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(DRIVER), str(tmp_path / "stop")],
                              stdout=subprocess.PIPE, text=True)

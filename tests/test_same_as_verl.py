@@ -147,7 +147,7 @@ def test_erc_off_is_verls_trainer_step_for_step(runs):
 def test_verl_entry_point_with_erc_on_applies_it(runs):
     """python -m verl.trainer.main_ppo, ERC on: the plugin's trainer (mode 'sync') runs ERC."""
     future, out = runs["verl_erc_on"]
-    assert "ERC loss installed in the actor workers" in future.result()
+    assert "verl_erc: verl-erc's loss installed in the actor workers: " in future.result()
     steps = training_metrics(out / "verl_erc_on.jsonl")
     assert sorted(steps) == list(range(1, STEPS + 1))
     assert all("actor/erc_clipfrac" in data and "actor/erc_ratio_mean" in data for data in steps.values())

@@ -9,7 +9,6 @@ need only the job's Ray cluster, so there the trainer is tests/slurm/fake_traine
 Needs Debian's slurm-wlm (.ci/install_slurm.sh); skipped only when its binaries are absent.
 """
 
-import fnmatch
 import getpass
 import importlib.util
 import json
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from cpu_subprocess import skip_if_gpu_visible
+from helpers import TWO_NODE_CENSUS, WILDCARD, measured_results, process_name, table_row
 
 ROOT = Path(__file__).resolve().parents[1]
 START = ROOT / "tests" / "slurm" / "run_slurm_test.sh"
@@ -387,6 +387,7 @@ def test_a_second_job_on_the_node_with_the_same_ports_stops_naming_them_and_leav
 # --- two Slurm nodes: network namespaces 10.231.0.1 (node1: slurmctld, the Ray head) and 10.231.0.2 ---
 
 HEAD, WORKER = "10.231.0.1", "10.231.0.2"
+OUTSIDE = "10.231.0.250"  # the host on the bridge that is not in the job (tests/slurm/run_slurm_test.sh)
 SLURM_PROCESSES = ("slurmctld", "slurmd", "slurmscriptd", "slurmstepd", "srun")
 
 
@@ -439,8 +440,7 @@ def listening_sockets(namespace: str) -> set[tuple[str, str, int]]:
         address = address.strip("[]").removeprefix("::ffff:")
         pid = re.search(r"pid=(\d+)", line)
         title = (cmdline(pid.group(1)) or "?").split()[0] if pid else "?"
-        name = re.split(r"[.(]", title)[0] if title.startswith(("ray::", "VLLM::")) else Path(title).name
-        name = re.sub(r"_(TP|DP|PP|EP)\d.*$", "", name)
+        name = process_name(title)
         if not (address.startswith("127.") or address == "::1"):
             found.add((name, address, int(port)))
             SOCKET_COMMANDS[(name, address, int(port))] = (cmdline(pid.group(1)) or "?")[:300] if pid else "?"
@@ -546,39 +546,11 @@ def launch_steps(run_dir: Path) -> list[dict[int, dict]]:
     return launches
 
 
-def security_table() -> list[list[str]]:
-    """The cells of each row of docs/security.md's census table."""
-    section = (ROOT / "docs" / "security.md").read_text().split("## The sockets of a real two-node run")[1]
-    table = section.split("| process |", 1)[1].split("\n\n")[0]
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()[2:]]
-
-
-def documented_sockets() -> list[tuple[list[str], list[range] | None]]:
-    """The census table of docs/security.md: per row, its process names (fnmatch patterns, in backticks) and its
-    ports (None: random)."""
-    rows = []
-    for process, _, ports, *_ in security_table():
-        names = re.findall(r"`([^`]+)`", process)
-        numbers = re.sub(r"\(`[^`]*`\)", "", ports)
-        spans = [range(int(a), int(b) + 1) for a, b in re.findall(r"(\d{4,5})-(\d{4,5})", numbers)]
-        singles = [range(int(a), int(a) + 1) for a in re.findall(r"(?<![-\d])(\d{4,5})(?![-\d])", numbers)]
-        rows.append((names, None if "random" in ports else spans + singles))
-    return rows
-
-
-def table_row(name: str, port: int) -> int | None:
-    """The index of the first row of the census table that documents a socket of ``name`` on ``port``."""
-    return next((i for i, (names, ports) in enumerate(documented_sockets())
-                 if any(fnmatch.fnmatchcase(name, pattern) for pattern in names)
-                 and (ports is None or any(port in span for span in ports))), None)
-
-
 def undocumented(sockets: set[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    return sorted(socket for socket in sockets if table_row(socket[0], socket[2]) is None)
+    return sorted(socket for socket in sockets if table_row(TWO_NODE_CENSUS, socket[0], socket[2]) is None)
 
 
 OUTSIDE_PROBE = Path(__file__).parent / "slurm" / "outside_probe.py"
-WILDCARD = {"0.0.0.0", "*", "::"}
 
 
 def probe_from_outside(outside: str, targets: list[tuple[str, str, int]], workdir: Path) -> list[dict]:
@@ -637,17 +609,23 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     measured: dict[int, set[str]] = {}
     for result in probed:
         print("outside probe:", result)
-        measured.setdefault(table_row(result["process"], result["port"]), set()).add(result["result"])
-    # Ray's token refuses every call on Ray's gRPC ports; TransferQueue runs the outsider's pickled payload
+        measured.setdefault(table_row(TWO_NODE_CENSUS, result["process"], result["port"]), set()).add(result["result"])
+    # Ray's token refuses every call on Ray's gRPC ports; TransferQueue's sockets take nothing from a host outside
+    # the job (verl_erc.run.zmq_allowlist), whatever identity it claims, and its processes say whom they refused
     assert {r["result"] for r in probed if r["kind"] == "grpc"} == {"gRPC UNAUTHENTICATED"}, probed
-    assert any(r["result"].startswith("payload ran") for r in probed if r["kind"] == "zmq"), probed
+    assert {r["result"] for r in probed if r["kind"] == "zmq"} == {
+        "plain: payload did not run, no answer; as TQ_STORAGE_: payload did not run, no answer"}, probed
+    assert len([r for r in probed if r["kind"] == "zmq"]) >= 3, probed  # the controller's 2 ports, the storage unit's
+    assert not list((tmp / "outside" / "markers").glob("zmq-*"))
+    wait_for(lambda: f"verl_erc: refused a ZMQ connection from {OUTSIDE}" in log.read_text(), 60,
+             "the job's log of the refused connections", log, (env, job))
     # vLLM's HTTP routes need the job's VLLM_API_KEY; the dashboard agent's job API needs Ray's token
     assert {r["result"] for r in probed if r["kind"] == "vllm"} == {"GET /v1/models 401"}, probed
     agent_http = int(RAY_PORTS["ERC_RAY_AGENT_HTTP_PORT"])
     assert {r["result"] for r in probed if r["port"] == agent_http} == {"GET / 401; POST /api/job_agent/jobs/ 401"}, probed
     assert not list((tmp / "outside" / "markers").glob("job-*"))  # no job ran the outsider's entrypoint
     # docs/security.md records what the probe got, per row of its table (the results in backticks)
-    documented = {i: set(re.findall(r"`([^`]+)`", row[4])) for i, row in enumerate(security_table())}
+    documented = measured_results(TWO_NODE_CENSUS)
     assert {i: results - documented[i] for i, results in measured.items() if results - documented[i]} == {}
     assert not list(checkpoints.glob("global_step_*"))  # save_freq=100: no checkpoint of its own
 

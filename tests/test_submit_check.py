@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_paper_recipes import RUNS
+from helpers import OFFICIAL, RUNS, SHORT, rehearse
 
 from verl_erc.laptop import assets
+from verl_erc.recipes import OFFICIAL_VAL
 from verl_erc.cluster.submit_check import (GiB, check, compose_job_config, job_command, memory_rows, model_problems,
                                    shape_problems, verl_problems)
 
@@ -41,7 +42,11 @@ def cluster_env(tmp_path_factory, rehearsal_cache):
         for tokenizer_file in paths["model"].glob("tokenizer*"):
             shutil.copy(tokenizer_file, folder)
         env[f"ERC_MODEL_{size}"] = str(folder)
-    env.update(ERC_DATA_DIR=str(paths["train"].parent), ERC_RUNS_DIR=str(tmp / "runs"))
+    data = tmp / "data"  # the rehearsals' data; the toy's held-out set also stands in for the official AIME files
+    data.mkdir()
+    for split, source in (("train", "train"), ("val", "val"), *((name, "val") for name in OFFICIAL_VAL)):
+        shutil.copy(paths[source], data / f"{split}.parquet")
+    env.update(ERC_DATA_DIR=str(data), ERC_RUNS_DIR=str(tmp / "runs"))
     return env, tmp
 
 
@@ -55,9 +60,9 @@ def environ(cluster_env, monkeypatch):
     return tmp
 
 
-@pytest.mark.parametrize("recipe", RUNS)
+@pytest.mark.parametrize("recipe", [*RUNS, *OFFICIAL])
 def test_every_recipe_fits_the_papers_allocation(environ, recipe, capsys):
-    nodes, gpus = PAPER_SHAPE[RUNS[recipe][0]]
+    nodes, gpus = PAPER_SHAPE[RUNS[OFFICIAL.get(recipe, recipe)][0]]
     assert check(recipe, nodes, gpus, 80, []) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     assert "verl_erc.cluster.submit_check: ok" in out and "memory per GPU" in out
@@ -155,6 +160,7 @@ def submit(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.process
 def test_submit_checks_before_every_submission_and_check_alone_stops_there(environ):
     """Dry runs (-n): no Slurm needed, sbatch is never called."""
     bad = submit("-n", "-N", "3", "erc_dapo_7b")
@@ -174,7 +180,6 @@ def test_the_mini_batch_split_it_refuses_is_what_verl_asserts_on_its_workers(reh
     failure, and verl's trainer, run for real, asserts it at the first actor update (verl accepts the config
     at start-up: its validate_config does not check it)."""
     from cpu_subprocess import skip_if_gpu_visible
-    from test_rehearsals import SHORT, rehearse
 
     skip_if_gpu_visible()
     three = ["trainer.n_gpus_per_node=3", "ray_kwargs.ray_init.num_cpus=12", "trainer.total_training_steps=1"]

@@ -3,7 +3,6 @@
 from functools import partial
 
 import pytest
-from hydra import compose, initialize_config_module
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, get_trainer_cls
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.losses import ppo_loss
@@ -14,7 +13,7 @@ from verl_erc.hooks.entropy_hook import ERC_CHUNK_SIZE_KEY, ERC_ENTROPY_FLAG
 from verl_erc.erc.losses import ErcInputError, erc_ppo_loss
 from verl_erc.hooks.trainer import ErcTrainerMixin, erc_trainer_modes
 
-from conftest import make_actor_config
+from helpers import compose_erc, make_actor_config
 
 VERL_TRAINERS = {"sync": PPOTrainerSync, "colocate_async": PPOTrainerColocateAsync, "separate_async": PPOTrainerSeparateAsync}
 #: what verl's own separate_async trainer asserts before PPOTrainer.__init__
@@ -29,22 +28,6 @@ MODE_KEYS = {
 
 def mode_keys(mode: str) -> list[str]:
     return [f"trainer.v1.trainer_mode={mode}", *MODE_KEYS.get(mode, [])]
-
-
-def compose_erc(overrides=()):
-    with initialize_config_module(config_module="verl_erc.hydra_conf", version_base=None):
-        return compose(config_name="erc_trainer", overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", *overrides])
-
-
-@pytest.fixture
-def record_verl_init(monkeypatch):
-    """Replace verl's PPOTrainer.__init__ by a recorder (no Ray, no TransferQueue)."""
-    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
-
-    def init(self, config):
-        self.config = self.seen_config = config
-
-    monkeypatch.setattr(PPOTrainer, "__init__", init)
 
 
 def test_erc_is_wired_under_verls_own_mode_names():

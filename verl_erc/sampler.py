@@ -198,7 +198,7 @@ class BoundedReplayBuffer(ReplayBuffer):
             f"differing {self.filter_groups_metric!r}; the {groups} groups scored alike: {values or 'none finished'}."
         )
         if set(shared) == {0.0}:
-            message += (f" Every score was 0.0: do the responses contain \\boxed{{}}? Check the prompt template, the "
+            message += (" Every score was 0.0: do the responses contain \\boxed{}? Check the prompt template, the "
                         "reward function (reward.custom_reward_function) and its data's ground truth.")
         elif set(shared) == {1.0}:
             message += " Every score was 1.0: the prompts are too easy for the model."

@@ -1,8 +1,10 @@
 """A host outside the job tries each listening socket of a running job (run inside the test's outside network
 namespace, tests/slurm/run_slurm_test.sh): ``python outside_probe.py TARGETS.json MARKERS_DIR``.
 
-TARGETS.json holds ``ray_ports``, the job's Ray ports by the launcher's names (``ERC_RAY_PORT``: ...), and
-``sockets``, a list of ``[process, address, port]`` (the address a peer connects to). Per socket, by its Ray
+TARGETS.json holds ``ray_ports``, the job's Ray ports by the launcher's names (``ERC_RAY_PORT``: ...; a local
+run's: the GCS port alone), ``sockets``, a list of ``[process, address, port]`` (the address a peer connects to),
+and optionally ``source``, the address the TCP and ZMQ connections leave from (a one-node run's test stands in for
+another host with a loopback address other than 127.0.0.1; Ray's token and vLLM's key do not depend on it). Per socket, by its Ray
 role or its process (:func:`kind`), it tries what a peer without the job's token could:
 
 - ``grpc`` (Ray's GCS, raylet, object manager, agents' gRPC, client server, core workers): a read-only or
@@ -12,7 +14,8 @@ role or its process (:func:`kind`), it tries what a peer without the job's token
   dashboard agent also a job submission (``POST /api/job_agent/jobs/``) whose entrypoint would write a marker.
 - ``vllm`` (verl's vLLM HTTP server): ``GET /v1/models``, then a completion request.
 - ``zmq`` (verl's TransferQueue): a request whose payload, if unpickled, writes a marker file
-  ``MARKERS_DIR/zmq-<address>-<port>``; the result says whether it ran.
+  ``MARKERS_DIR/zmq-<address>-<port>-<how>``, sent with ZMQ's default identity and again with the identity prefix
+  that TransferQueue's storage proxy forwards (``TQ_STORAGE_``); the result says, for each, whether it ran.
 - ``tcp`` (vLLM's engine queues, torch.distributed's store and gloo, Slurm's I/O): a TCP connection only; the
   probe sends nothing that could break the run.
 
@@ -60,9 +63,9 @@ def kind(process: str, role: str | None) -> str:
     return "tcp"
 
 
-def tcp(address: str, port: int) -> str:
+def tcp(address: str, port: int, source: str | None) -> str:
     try:
-        socket.create_connection((address, port), timeout=3).close()
+        socket.create_connection((address, port), timeout=3, source_address=(source, 0) if source else None).close()
         return "connected"
     except ConnectionRefusedError:
         return "refused"
@@ -127,29 +130,40 @@ class _Payload:
         return exec, (f"open({self.marker!r}, 'w').close()",)
 
 
-def zmq_request(address: str, port: int, markers: Path) -> str:
+#: the identity TransferQueue's storage proxy forwards (transfer_queue 0.1.11): a peer chooses its own identity
+SPOOFED_IDENTITY = b"TQ_STORAGE_outside_probe"
+
+
+def zmq_request(address: str, port: int, markers: Path, source: str | None) -> str:
+    """The payload sent twice, with ZMQ's default identity and with the identity the storage unit forwards."""
     import zmq
 
-    marker = markers / f"zmq-{address}-{port}"
-    context = zmq.Context.instance()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    try:
-        dealer.connect(f"tcp://{address}:{port}")
-        dealer.send_multipart([SENTINEL, pickle.dumps(_Payload(marker))])
-        answered = bool(dealer.poll(3000))
-    finally:
-        dealer.close()
-    for _ in range(20):  # the payload runs as the request is decoded; the answer may come first
-        if marker.exists():
-            break
-        time.sleep(0.1)
-    return ("payload ran" if marker.exists() else "payload did not run") + ("; answered" if answered else "; no answer")
+    results = []
+    for label, identity in (("plain", None), ("as TQ_STORAGE_", SPOOFED_IDENTITY)):
+        marker = markers / f"zmq-{address}-{port}-{label.replace(' ', '_')}"
+        context = zmq.Context.instance()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        if identity:
+            dealer.setsockopt(zmq.IDENTITY, identity)
+        try:
+            dealer.connect(f"tcp://{source}:0;{address}:{port}" if source else f"tcp://{address}:{port}")
+            dealer.send_multipart([SENTINEL, pickle.dumps(_Payload(marker))])
+            answered = bool(dealer.poll(3000))
+        finally:
+            dealer.close()
+        for _ in range(20):  # the payload runs as the request is decoded; the answer may come first
+            if marker.exists():
+                break
+            time.sleep(0.1)
+        results.append(f"{label}: " + ("payload ran" if marker.exists() else "payload did not run")
+                       + (", answered" if answered else ", no answer"))
+    return "; ".join(results)
 
 
-def probe(process: str, address: str, port: int, role: str | None, markers: Path) -> tuple[str, str]:
+def probe(process: str, address: str, port: int, role: str | None, markers: Path, source: str | None) -> tuple[str, str]:
     how = kind(process, role)
-    reached = tcp(address, port)
+    reached = tcp(address, port, source)
     if reached != "connected" or how == "tcp":
         return how, reached
     if how == "grpc":
@@ -158,12 +172,14 @@ def probe(process: str, address: str, port: int, role: str | None, markers: Path
         return how, ray_http(address, port, role, markers)
     if how == "vllm":
         return how, vllm(address, port)
-    return how, zmq_request(address, port, markers)
+    return how, zmq_request(address, port, markers, source)
 
 
 def ray_roles(ray_ports: dict[str, str]) -> dict[int, str]:
     """Port -> its launcher's name, the worker range's ports -> ``worker``."""
     roles = {int(port): name for name, port in ray_ports.items() if "_WORKER_PORT" not in name}
+    if "ERC_RAY_MIN_WORKER_PORT" not in ray_ports:  # a local run: Ray chose its workers' ports
+        return roles
     workers = range(int(ray_ports["ERC_RAY_MIN_WORKER_PORT"]), int(ray_ports["ERC_RAY_MAX_WORKER_PORT"]) + 1)
     return roles | dict.fromkeys(workers, "worker")
 
@@ -174,7 +190,7 @@ def main(targets_file: str, markers_dir: str) -> int:
     roles = ray_roles(targets["ray_ports"])
     results = []
     for process, address, port in targets["sockets"]:
-        how, result = probe(process, address, port, roles.get(port), markers)
+        how, result = probe(process, address, port, roles.get(port), markers, targets.get("source"))
         results.append({"process": process, "address": address, "port": port, "kind": how, "result": result})
     print(json.dumps(results))
     return 0

@@ -36,7 +36,8 @@ RELAUNCH_KEYS = (
     "trainer.nnodes", "trainer.n_gpus_per_node", "*.nnodes", "*.n_gpus_per_node", "ray_kwargs.ray_init.num_cpus",
     "ray_kwargs.ray_init.num_gpus", "ray_kwargs.ray_init.address", "ray_kwargs.ray_init.include_dashboard",
     "ray_kwargs.timeline_json_file", *(f"ray_kwargs.ray_init.runtime_env.env_vars.{name}" for name in (
-        "TENSORBOARD_DIR", "VERL_FILE_LOGGER_PATH", "VERL_ERC_STOP_FILE", "TQ_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")),
+        "TENSORBOARD_DIR", "VERL_FILE_LOGGER_PATH", "VERL_ERC_STOP_FILE", "TQ_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE",
+        "VERL_ERC_ZMQ_ALLOW")), "ray_kwargs.ray_init.runtime_env.worker_process_setup_hook",
     "trainer.ray_wait_register_center_timeout", "*.nccl_timeout", "*.agent.num_workers", "reward.num_workers",
     "data.dataloader_num_workers", "transfer_queue.*", "global_profiler.*", "*.profiler.*",
     # parallelism, micro-batching and memory: the same updates, computed in other pieces

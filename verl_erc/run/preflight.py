@@ -9,7 +9,9 @@
   falling back to its nvidia platform and failing, or hanging, later);
 - for every device, Ray's address follows one rule: a run starts its own Ray instance unless
   ``ray_kwargs.ray_init.address`` names a cluster (or ``auto``) explicitly (:func:`choose_ray_address`),
-  never attaching to whatever cluster ``RAY_ADDRESS`` or ``/tmp/ray`` points at, maybe another user's;
+  never attaching to whatever cluster ``RAY_ADDRESS`` or ``/tmp/ray`` points at, maybe another user's; a private
+  instance gets Ray's token authentication and a vLLM API key, fresh per run (:func:`protect_private_ray`), and
+  every run's ZMQ sockets accept the Ray cluster's hosts only (:mod:`verl_erc.run.zmq_allowlist`);
 - for every device, the Ray CPUs and GPUs the job will hold (TransferQueue's controller and
   storage units, verl's resource pools) are compared with what Ray will have. Ray otherwise waits
   forever for a placement group it cannot place.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -25,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from verl_erc.cpu import PLATFORM_ENV, activate
 from verl_erc.cpu.checks import cpu_config_problems, visible_devices_problems
 from verl_erc.cpu.platform import PLATFORM_NAME
+from verl_erc.run import zmq_allowlist
 
 #: CPUs verl's ResourcePoolManager puts in each pool bundle (its default max_colocate_count)
 CPUS_PER_POOL_BUNDLE = 3
@@ -38,8 +42,11 @@ class PreflightError(RuntimeError):
 
 
 def preflight(config: DictConfig) -> None:
-    """Validate ``config`` against this machine and Ray's resources; select the CPU platform if asked."""
-    choose_ray_address(config)
+    """Validate ``config`` against this machine and Ray's resources; select the CPU platform if asked; guard the
+    job's ZMQ sockets (:mod:`verl_erc.run.zmq_allowlist`)."""
+    if choose_ray_address(config) == "local":
+        protect_private_ray()
+    guard_zmq_sockets(config)
     device = config.trainer.device
     if device == PLATFORM_NAME:
         activate()
@@ -56,8 +63,9 @@ def preflight(config: DictConfig) -> None:
     check_ray_resources(config)
 
 
-def choose_ray_address(config: DictConfig) -> None:
-    """Unset ``ray_kwargs.ray_init.address`` becomes ``local`` (a private instance); print the address used."""
+def choose_ray_address(config: DictConfig) -> str:
+    """Unset ``ray_kwargs.ray_init.address`` becomes ``local`` (a private instance); print and return the address
+    used."""
     address = OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
     if address in (None, ""):
         found = os.environ.get("RAY_ADDRESS")
@@ -69,6 +77,47 @@ def choose_ray_address(config: DictConfig) -> None:
     where = {"local": "a private local instance", "auto": "the cluster Ray finds (RAY_ADDRESS or this machine's newest)"}
     print(f"verl_erc: Ray: {where.get(address, f'joining the cluster at {address}')} "
           f"(ray_kwargs.ray_init.address={address})", flush=True)
+    return address
+
+
+#: what turns a private instance's token authentication off (as for a Slurm job: slurm/erc_ray.sbatch)
+RAY_AUTH_ENV = "ERC_RAY_AUTH"
+
+
+def protect_private_ray() -> None:
+    """Give the private Ray instance this process starts what slurm/erc_ray.sbatch gives a job: Ray's token
+    authentication with a fresh token, and a fresh ``VLLM_API_KEY`` for verl's vLLM HTTP servers (a key or token
+    already set is kept), in this process's environment, which the Ray processes it starts inherit.
+
+    Ray (2.60) turns token authentication on for a local instance ``ray.init`` starts when ``RAY_AUTH_MODE`` is
+    unset, with ``RAY_AUTH_TOKEN`` as the token (else ``~/.ray/auth_token``, made world-readable under a home folder
+    that may be). The mode is read when ray is imported, so it is left to Ray; ``ERC_RAY_AUTH=0`` sets it to
+    ``disabled``, with a warning."""
+    choice = os.environ.get(RAY_AUTH_ENV, "1")
+    if choice not in ("0", "1"):
+        raise PreflightError(f"{RAY_AUTH_ENV} must be 1 (token authentication, the default) or 0 (off), got {choice!r}")
+    os.environ.setdefault("VLLM_API_KEY", secrets.token_hex(32))
+    if choice == "0":
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        print(f"verl_erc: WARNING: {RAY_AUTH_ENV}=0: Ray's token authentication is off, anyone who reaches this "
+              "machine can run code in this run", flush=True)
+        return
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    if mode != "token":
+        raise PreflightError(f"RAY_AUTH_MODE={mode}: a run's Ray instance uses token authentication; unset "
+                             f"RAY_AUTH_MODE, or set {RAY_AUTH_ENV}=0 to run without it")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
+def guard_zmq_sockets(config: DictConfig) -> None:
+    """Ray's worker_process_setup_hook installs the allowlist of the cluster's hosts in every worker of the job."""
+    try:
+        with open_dict(config):
+            off = zmq_allowlist.setup_hook_runtime_env(config.ray_kwargs.ray_init)
+    except ValueError as error:
+        raise PreflightError(str(error)) from None
+    if off:
+        print(off, flush=True)
 
 
 def _external_cluster(config: DictConfig) -> bool:
