@@ -13,7 +13,6 @@ computes): ``bitwise`` or the max abs difference.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -252,9 +251,7 @@ def main(argv=None) -> int:
         "config": vars(args),
         "results": rows,
     }
-    with open(args.json_out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {args.json_out}")
+    harness.write_report(args.json_out, report)
     return 0
 
 

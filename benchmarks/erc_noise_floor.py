@@ -34,7 +34,6 @@ measures real cuBLAS shape dependence at the 1.5B shape (random weights) in minu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -226,8 +225,7 @@ def main(argv=None) -> dict:
                     for precision, arms in results.items()},
     }
     if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(report, indent=1) + "\n")
+        harness.write_report(args.json_out, report)
     print(f"erc_noise_floor: {report['seconds']} s")
     return report
 

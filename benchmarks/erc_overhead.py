@@ -50,7 +50,6 @@ Prints a table and writes JSON (``--json-out``) with the environment. Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -599,10 +598,7 @@ def main(argv=None) -> int:
             f"below naive: {'ok' if tc['erc_mem_below_naive'] else 'MISSED'}"
         )
     if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json_out}")
+        harness.write_report(args.json_out, report)
     return 1 if (args.check and not tc["all_ok"]) else 0
 
 

@@ -6,6 +6,7 @@ with torch and transformers alone (``erc_noise_floor.py --device cuda`` on a bar
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -101,3 +102,12 @@ def environment(device: str = "cpu") -> dict:
         env["cuda"] = torch.version.cuda
         env["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
     return env
+
+
+def write_report(path, report: dict) -> None:
+    """Write a benchmark's JSON report to ``path`` (its folder made if missing) and say where."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -19,7 +19,6 @@ tensors). Prints a table with the ratios aligned / verl and writes JSON (``--jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -196,8 +195,7 @@ def main(argv=None) -> dict:
     report = {"config": vars(args), "environment": harness.environment("cpu"), "results": result, "ratios": ratios,
               "logprob_max_abs_diff": max_diff}
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(json.dumps(report, indent=1) + "\n")
+        harness.write_report(args.json_out, report)
     torch.distributed.destroy_process_group()
     return report
 

@@ -137,9 +137,7 @@ def main(argv=None) -> int:
         }
         print(f"{tokens:>6}  sharded/gather: time x{ratio['time']:.3f}, peak memory above the shard x{ratio['peak_above_shard']:.3f}\n")
         report["results"].append({"tokens": tokens, "variants": rows, "sharded/gather": ratio})
-    with open(args.json_out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {args.json_out}")
+    harness.write_report(args.json_out, report)
     return 0
 
 

@@ -14,6 +14,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+#: tests/old_pass_script.py, run as ``python -c`` by gloo ranks (tests/cpu_subprocess.py), tests/ on its path for
+#: tests/shape_keyed.py: verl's training worker, its old pass and update (test_old_pass.py, test_submit_check.py)
+OLD_PASS_SCRIPT = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+                   + (ROOT / "tests" / "old_pass_script.py").read_text())
 
 
 # --- configs -------------------------------------------------------------------------------------------

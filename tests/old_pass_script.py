@@ -32,6 +32,7 @@ from verl_erc.laptop import assets
 from verl_erc.hooks.entropy_hook import ERC_ENTROPY_FLAG
 from verl_erc.erc.losses import erc_ppo_loss
 from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY, update_split
+from shape_keyed import shape_keyed_linear  # tests/ is on the path (test_old_pass.py)
 
 RANK, WORLD = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 SAMPLES_PER_RANK = 16
@@ -43,15 +44,6 @@ METRICS = ["erc_clipfrac", "erc_clipfrac_onpolicy", "erc_onpolicy_logprob_maxdif
 DTYPES = {"bf16": "bf16", "fp32": "fp32"}
 MODEL = str(assets.ensure_assets()["model"])
 nested = partial(torch.nested.as_nested_tensor, layout=torch.jagged)
-
-
-def shape_keyed_linear(self, x):
-    """``F.linear`` with the reduction over input features in two parts, split where the number of rows (tokens of
-    the micro-batch) says: each part's product rounded to the working dtype, then summed in it."""
-    split = 1 + (x.numel() // x.shape[-1]) * 40503 % (self.in_features - 1)
-    out = sum((x[..., a:b].float() @ self.weight[:, a:b].float().T).to(x.dtype)
-              for a, b in ((0, split), (split, self.in_features)))
-    return out if self.bias is None else out + self.bias.to(x.dtype)
 
 
 def build_worker(case: dict, mini_batch_size: int) -> TrainingWorker:
@@ -116,7 +108,7 @@ def run(case: dict) -> dict:
     worker.engine.prepare_model_inputs = prepare_model_inputs
     split = update_split(OmegaConf.create({"actor_rollout_ref": {"rollout": {"n": 1}, "actor": {
         "ppo_mini_batch_size": mini_batch_size, "data_loader_seed": 42, "shuffle": case["shuffle"],
-        "calculate_entropy": False, "entropy_coeff": 0.0, "erc": {"entropy_chunk_size": 256}}}}))
+        "calculate_entropy": False, "entropy_coeff": 0.0}}}), entropy_chunk_size=256)
 
     # the old-log-prob pass, as verl's V1 _compute_old_log_prob calls it (+ the trainer's key when aligned)
     old_keys = {"calculate_entropy": True, "compute_loss": False, ERC_ENTROPY_FLAG: True}  # + the hook's entropy

@@ -10,11 +10,11 @@ clip (ERC still acts on policy drift).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import open_dict
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from verl_erc.config import ErcConfigError
@@ -22,9 +22,8 @@ from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY, restore_order, update_
 from verl_erc.hooks.trainer import ErcTrainerMixin, validate_erc_config
 
 from cpu_subprocess import run_cpu_ranks
-from helpers import compose_erc
+from helpers import OLD_PASS_SCRIPT, compose_erc
 
-SCRIPT = (Path(__file__).parent / "old_pass_script.py").read_text()
 
 
 def compose_erc_on(overrides=()):
@@ -45,7 +44,7 @@ def test_update_split_is_what_verls_update_actor_sends():
 
     PPOTrainer._update_actor(SimpleNamespace(config=config, actor_rollout_wg=ActorGroup()),
                              SimpleNamespace(extra_info={}), metrics={})
-    split = update_split(config)
+    split = update_split(config, 64)
     assert split == {"mini_batch_size": sent["mini_batch_size"], "seed": sent["seed"],
                      "shuffle": sent["dataloader_kwargs"]["shuffle"], "calculate_entropy": sent["calculate_entropy"],
                      "entropy_chunk_size": 64}
@@ -87,15 +86,19 @@ def test_trainer_hands_the_split_to_the_actors_old_pass_only():
     class Trainer(ErcTrainerMixin, Verl):
         pass
 
+    # ERC given on verl's own entry point: the erc node holds only the keys set (+...erc.enable=true), the
+    # defaults are the dataclass's (the trainer's _erc_actor_config)
     config = compose_erc_on()
+    with open_dict(config):
+        config.actor_rollout_ref.actor.erc = {"_target_": "verl_erc.config.ErcConfig", "enable": True}
     for old_pass in ("aligned", "verl"):
         trainer = object.__new__(Trainer)
         trainer.config = config
-        trainer._erc_actor_config = SimpleNamespace(erc=SimpleNamespace(enable=True, old_pass=old_pass))
+        trainer._erc_actor_config = SimpleNamespace(erc=SimpleNamespace(enable=True, old_pass=old_pass, entropy_chunk_size=256))
         batch = SimpleNamespace(extra_info={"temperature": 1.0})
         result = trainer._compute_old_log_prob(batch, {})
         assert ALIGNED_OLD_PASS_KEY not in batch.extra_info and ALIGNED_OLD_PASS_KEY not in result.extra_info
-    assert seen[0][ALIGNED_OLD_PASS_KEY] == update_split(config) and ALIGNED_OLD_PASS_KEY not in seen[1]
+    assert seen[0][ALIGNED_OLD_PASS_KEY] == update_split(config, 256) and ALIGNED_OLD_PASS_KEY not in seen[1]
 
 
 def cases(**common):
@@ -121,7 +124,7 @@ def launched(rehearsal_cache):
     def get(launch: str) -> dict:
         if launch not in results:
             world, launch_cases = LAUNCHES[launch]
-            results[launch] = run_cpu_ranks(SCRIPT, world, env={"VERL_ERC_CACHE_DIR": str(rehearsal_cache),
+            results[launch] = run_cpu_ranks(OLD_PASS_SCRIPT, world, env={"VERL_ERC_CACHE_DIR": str(rehearsal_cache),
                                                                "CASES": json.dumps(launch_cases)})
         return results[launch]
 

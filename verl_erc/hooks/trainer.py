@@ -33,7 +33,7 @@ from verl.trainer.distillation import is_distillation_enabled
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.utils.config import omega_conf_to_dataclass
 
-from verl_erc.config import ERC_KEY, POSITIVE_NLL_KEY, ErcConfigError, ErcFSDPActorConfig
+from verl_erc.config import ERC_KEY, POSITIVE_NLL_KEY, ErcConfig, ErcConfigError, ErcFSDPActorConfig
 from verl_erc.erc.losses import erc_ppo_loss
 from verl_erc import metrics as M
 from verl_erc.hooks.old_pass import ALIGNED_OLD_PASS_KEY, aligned_split_problems, update_split
@@ -116,7 +116,7 @@ def validate_erc_config(config: DictConfig) -> ErcFSDPActorConfig | None:
     for key in ("actor_rollout_ref.model.use_fused_kernels", "actor_rollout_ref.actor.use_fused_kernels"):
         if erc_enabled(config) and OmegaConf.select(config, key, default=False):
             problems.append(f"{key}=true never materialises the logits ERC's entropy needs; set it to false")
-    if erc_enabled(config) and OmegaConf.select(config, f"{ERC_KEY}.old_pass", default="aligned") == "aligned":
+    if erc_enabled(config) and OmegaConf.select(config, f"{ERC_KEY}.old_pass", default=ErcConfig.old_pass) == "aligned":
         problems += aligned_split_problems(config)
     if is_distillation_enabled(config.get("distillation")):
         problems.append("distillation is enabled: verl-erc's loss extends verl's ppo_loss, not distillation_ppo_loss")
@@ -168,7 +168,7 @@ class ErcTrainerMixin:
         erc = self._erc_actor_config.erc
         if not erc.enable or erc.old_pass != "aligned":
             return super()._compute_old_log_prob(batch, metrics)
-        batch.extra_info[ALIGNED_OLD_PASS_KEY] = update_split(self.config)
+        batch.extra_info[ALIGNED_OLD_PASS_KEY] = update_split(self.config, erc.entropy_chunk_size)
         try:
             result = super()._compute_old_log_prob(batch, metrics)
         finally:  # the actor's old pass only: not the reference model's pass, not the update
