@@ -300,3 +300,11 @@ def table_row(heading: str, name: str, port: int) -> int | None:
 def measured_results(heading: str) -> dict[int, set[str]]:
     """Per row of the census table under ``heading``: the probe results its last column lists (in backticks)."""
     return {i: set(re.findall(r"`([^`]+)`", row[4])) for i, row in enumerate(security_table(heading))}
+
+
+def undocumented_results(heading: str, probed: list[dict]) -> list[tuple[str, int, str]]:
+    """The probe results (tests/slurm/outside_probe.py) that the row of their socket in the census table under
+    ``heading`` does not list: (process, port, result)."""
+    documented = measured_results(heading)
+    return sorted((r["process"], r["port"], r["result"]) for r in probed
+                  if r["result"] not in documented.get(table_row(heading, r["process"], r["port"]), set()))

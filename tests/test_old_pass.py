@@ -25,7 +25,6 @@ from cpu_subprocess import run_cpu_ranks
 from helpers import OLD_PASS_SCRIPT, compose_erc
 
 
-
 def compose_erc_on(overrides=()):
     return compose_erc(["actor_rollout_ref.actor.erc.enable=true", *overrides])
 

@@ -27,9 +27,9 @@ in one knob each (test_paper_recipes.py: ERC only, or the entropy coefficient, v
 exact in test_losses.py and runs here under ``erc_gppo_7b``, GSPO's clip range under ``erc_gspo_7b``; DAPO with
 ERC off runs under ``kl_penalty_7b`` and ``dapo_7b_official``, and is verl's own trainer (test_same_as_verl.py);
 2 FSDP2 data-parallel ranks with ERC run in the two-node Slurm test (test_slurm.py) and, with the aligned old
-pass, in test_old_pass.py; the
-relaunch refusals (a finished run, a changed key) are test_launch.py's, in the launch's own code. Resuming a
-rehearsal from its checkpoint is tested under Slurm (``test_slurm.py``). Select with ``pytest -m cpu_e2e``.
+pass, in test_old_pass.py; the relaunch refusals (a finished run, a changed key) are test_launch.py's, in the
+launch's own code. Resuming a rehearsal from its checkpoint is tested under Slurm (``test_slurm.py``). Select with
+``pytest -m cpu_e2e``.
 
 The rehearsals run two at a time (a core is idle about half the time in start-up; peak memory of a pair 16.5 GB),
 with 8 prompts per step and one agent-loop worker; the two-rank run runs beside the main job's relaunch and
@@ -40,15 +40,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
-import time
 import math
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,8 +56,8 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from cpu_subprocess import skip_if_gpu_visible
-from helpers import (ONE_NODE_CENSUS, OFFICIAL, RUNS, SHORT, WILDCARD, measured_results, process_name, rehearse,
-                     table_row)
+from helpers import (ONE_NODE_CENSUS, OFFICIAL, RUNS, SHORT, WILDCARD, process_name, rehearse, table_row,
+                     undocumented_results)
 
 from verl_erc.compare import write_report
 from verl_erc.cpu.checks import WORKER_EXTENSION
@@ -160,9 +160,10 @@ def rehearsed(request, tmp_path_factory, rehearsal_cache):
             threading.Thread(target=settle, args=(futures[recipe + CENSUS], census, run_dir), daemon=True).start()
         with one_at_a_time if recipe in ALONE else contextlib.nullcontext():
             bf16 = recipe == BF16_RUN
-            env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(SHAPE_KEYED), os.environ.get("PYTHONPATH")]))}
+            path = os.pathsep.join(filter(None, [str(SHAPE_KEYED), os.environ.get("PYTHONPATH")]))
+            env = {"PYTHONPATH": path} if bf16 else None
             log = rehearse(recipe, runs_dir, rehearsal_cache, *SHORT, *TWO_RANKS.get(recipe, []), *(BF16 if bf16 else []),
-                           env=env if bf16 else None)
+                           env=env)
         return run_dir, log
 
     def run_all():
@@ -361,10 +362,7 @@ def test_a_one_node_run_listens_where_the_docs_say_and_its_zmq_sockets_refuse_ot
     assert len([r for r in probed if r["kind"] == "zmq"]) == 3, probed  # the controller's 2 ports, the storage unit's
     assert not list((run_dir.parent / "census" / "markers").iterdir())
     assert "verl_erc: refused a ZMQ connection from 127.0.0.2" in log
-    documented = measured_results(ONE_NODE_CENSUS)
-    missing = {(r["process"], r["result"]) for r in probed
-               if r["result"] not in documented[table_row(ONE_NODE_CENSUS, r["process"], r["port"])]}
-    assert missing == set(), "probe results not in docs/security.md's one-node table"
+    assert undocumented_results(ONE_NODE_CENSUS, probed) == [], "probe results not in docs/security.md's one-node table"
 
 
 def test_the_compare_report_pairs_the_erc_rehearsal_with_its_baseline(rehearsed, tmp_path):

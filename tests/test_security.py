@@ -181,7 +181,7 @@ def test_rays_setup_hook_guards_the_sockets_a_job_worker_binds():
 
 def test_a_private_ray_gets_a_fresh_token_and_vllm_key_unless_set_or_turned_off(monkeypatch, capsys):
     monkeypatch.delenv(RAY_AUTH_ENV, raising=False)
-    protect_private_ray()  # conftest's secrets_stay_in_their_test unsets the others
+    protect_private_ray()  # conftest's environment_stays_in_its_test unsets the others
     first = {name: os.environ[name] for name in ("RAY_AUTH_TOKEN", "VLLM_API_KEY")}
     assert "RAY_AUTH_MODE" not in os.environ  # Ray's default for a local instance: token (read at import)
     assert len(first["RAY_AUTH_TOKEN"]) == len(first["VLLM_API_KEY"]) == 64

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from cpu_subprocess import skip_if_gpu_visible
-from helpers import TWO_NODE_CENSUS, WILDCARD, measured_results, process_name, table_row
+from helpers import TWO_NODE_CENSUS, WILDCARD, process_name, table_row, undocumented_results
 
 ROOT = Path(__file__).resolve().parents[1]
 START = ROOT / "tests" / "slurm" / "run_slurm_test.sh"
@@ -617,10 +617,8 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     probing = ThreadPoolExecutor(1).submit(probe_from_outside, outside, targets, tmp / "outside")
     wait_for(lambda: 1 in (launch_steps(run_dir) or [{}])[0], 900, "step 1's metrics", log, (env, job))
     probed = probing.result(timeout=300)
-    measured: dict[int, set[str]] = {}
     for result in probed:
         print("outside probe:", result)
-        measured.setdefault(table_row(TWO_NODE_CENSUS, result["process"], result["port"]), set()).add(result["result"])
     # Ray's token refuses every call on Ray's gRPC ports; TransferQueue's sockets take nothing from a host outside
     # the job (verl_erc.run.zmq_allowlist), whatever identity it claims, and its processes say whom they refused
     assert {r["result"] for r in probed if r["kind"] == "grpc"} == {"gRPC UNAUTHENTICATED"}, probed
@@ -636,8 +634,7 @@ def test_verls_trainer_on_two_nodes_checkpoints_on_the_time_limit_requeues_resum
     assert {r["result"] for r in probed if r["port"] == agent_http} == {"GET / 401; POST /api/job_agent/jobs/ 401"}, probed
     assert not list((tmp / "outside" / "markers").glob("job-*"))  # no job ran the outsider's entrypoint
     # docs/security.md records what the probe got, per row of its table (the results in backticks)
-    documented = measured_results(TWO_NODE_CENSUS)
-    assert {i: results - documented[i] for i, results in measured.items() if results - documented[i]} == {}
+    assert undocumented_results(TWO_NODE_CENSUS, probed) == []
     assert not list(checkpoints.glob("global_step_*"))  # save_freq=100: no checkpoint of its own
 
     # the time-limit signal (submit.sh: --signal=B:USR1@margin) after step 1, in the step then in progress

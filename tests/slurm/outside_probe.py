@@ -4,8 +4,8 @@ namespace, tests/slurm/run_slurm_test.sh): ``python outside_probe.py TARGETS.jso
 TARGETS.json holds ``ray_ports``, the job's Ray ports by the launcher's names (``ERC_RAY_PORT``: ...; a local
 run's: the GCS port alone), ``sockets``, a list of ``[process, address, port]`` (the address a peer connects to),
 and optionally ``source``, the address the TCP and ZMQ connections leave from (a one-node run's test stands in for
-another host with a loopback address other than 127.0.0.1; Ray's token and vLLM's key do not depend on it). Per socket, by its Ray
-role or its process (:func:`kind`), it tries what a peer without the job's token could:
+another host with a loopback address other than 127.0.0.1; Ray's token and vLLM's key do not depend on it). Per
+socket, by its Ray role or its process (:func:`kind`), it tries what a peer without the job's token could:
 
 - ``grpc`` (Ray's GCS, raylet, object manager, agents' gRPC, client server, core workers): a read-only or
   empty unary call of a method the port's service has (:data:`GRPC_METHODS`), without the token; the

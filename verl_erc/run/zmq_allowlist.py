@@ -118,11 +118,18 @@ def guard(addresses: tuple[str, ...]) -> None:
         zmq.Socket.bind, zmq.Context.term, zmq.Context.destroy = _bind, _term, _destroy
 
 
+def extra_addresses() -> str | None:
+    """``VERL_ERC_ZMQ_ALLOW`` as set (comma-separated addresses, maybe empty), or None when it turns the allowlist
+    off."""
+    extra = os.environ.get(ALLOW_ENV, "")
+    return None if extra.strip().lower() == "off" else extra
+
+
 def install() -> None:
     """Ray's worker_process_setup_hook: the allowlist of the cluster's nodes (:func:`allowlist`) on this process's
     ZMQ sockets; nothing under ``VERL_ERC_ZMQ_ALLOW=off``."""
-    extra = os.environ.get(ALLOW_ENV, "")
-    if extra.strip().lower() == "off":
+    extra = extra_addresses()
+    if extra is None:
         return
     import ray
 
@@ -134,10 +141,11 @@ def setup_hook_runtime_env(ray_init) -> str | None:
     """Set :func:`install` as the job's ``runtime_env.worker_process_setup_hook`` in ``ray_init`` (verl's
     ``ray_kwargs.ray_init``, a DictConfig); a line for the launch to print when the allowlist is off. Refuses a
     setup hook of the user's own (Ray runs one per job)."""
-    if os.environ.get(ALLOW_ENV, "").strip().lower() == "off":
+    extra = extra_addresses()
+    if extra is None:
         return (f"verl_erc: {ALLOW_ENV}=off: the job's ZMQ sockets (TransferQueue, which unpickles what it receives) "
                 "accept connections from any host")
-    allowlist([], os.environ.get(ALLOW_ENV, ""))  # a malformed address fails here, before anything starts
+    allowlist([], extra)  # a malformed address fails here, before anything starts
     runtime_env = ray_init.setdefault("runtime_env", {})
     hook = runtime_env.get("worker_process_setup_hook")
     if hook not in (None, SETUP_HOOK):
@@ -145,6 +153,6 @@ def setup_hook_runtime_env(ray_init) -> str | None:
                          f"{SETUP_HOOK} (the job's ZMQ allowlist); set {ALLOW_ENV}=off to use your own")
     runtime_env["worker_process_setup_hook"] = SETUP_HOOK
     env_vars = runtime_env.setdefault("env_vars", {})
-    if os.environ.get(ALLOW_ENV):
-        env_vars[ALLOW_ENV] = os.environ[ALLOW_ENV]
+    if extra:  # the workers' allowlist gets the extra addresses
+        env_vars[ALLOW_ENV] = extra
     return None
